@@ -1,2 +1,16 @@
 //! The data plane: downstream listeners, HTTP/1.1 and HTTP/2 proxying,
 //! upstream connection pools and load balancing.
+
+pub mod body;
+pub mod error;
+mod handler;
+pub mod headers;
+pub mod net;
+pub mod pool;
+pub mod server;
+pub mod state;
+pub mod upstream;
+
+pub use error::{ErrorKind, ProxyError};
+pub use server::Server;
+pub use state::{Builtins, ListenerKind, Observer, ProxyState, RequestRecord, Snapshot};

@@ -1,0 +1,223 @@
+//! The one proxy error type and its mapping to the status and JSON body the
+//! client sees.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, ProxyBody};
+
+/// Which side of the proxy a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// What went wrong, coarse enough to label a metric with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request was malformed or violated a limit.
+    BadRequest,
+    /// The request body was larger than allowed.
+    PayloadTooLarge,
+    /// No route matched the request.
+    NoRoute,
+    /// The route's upstream had no endpoint that could take the request.
+    NoHealthyEndpoint,
+    /// A TCP connection to the endpoint could not be opened.
+    ConnectFailed,
+    /// Connecting to the endpoint took longer than `connect_timeout`.
+    ConnectTimeout,
+    /// The endpoint did not send a response head within the request timeout.
+    ResponseTimeout,
+    /// The upstream connection failed while the request or response head was in flight.
+    UpstreamReset,
+    /// The upstream sent something that is not valid HTTP.
+    UpstreamProtocol,
+    /// Too many requests at once; the client should retry later.
+    Overloaded,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorKind {
+    /// Returns the label used for this kind in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
+            ErrorKind::ConnectFailed => "connect_failed",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::ResponseTimeout => "response_timeout",
+            ErrorKind::UpstreamReset => "upstream_reset",
+            ErrorKind::UpstreamProtocol => "upstream_protocol_error",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Returns every kind, for pre-registering metric labels.
+    pub fn all() -> &'static [ErrorKind] {
+        &[
+            ErrorKind::BadRequest,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::NoRoute,
+            ErrorKind::NoHealthyEndpoint,
+            ErrorKind::ConnectFailed,
+            ErrorKind::ConnectTimeout,
+            ErrorKind::ResponseTimeout,
+            ErrorKind::UpstreamReset,
+            ErrorKind::UpstreamProtocol,
+            ErrorKind::Overloaded,
+            ErrorKind::ShuttingDown,
+        ]
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded | ErrorKind::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
+                StatusCode::BAD_GATEWAY
+            }
+            ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn side(self) -> Side {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge | ErrorKind::NoRoute => {
+                Side::Downstream
+            }
+            ErrorKind::Overloaded | ErrorKind::ShuttingDown => Side::Internal,
+            _ => Side::Upstream,
+        }
+    }
+}
+
+/// A failed request: what failed, where, whether another attempt is safe, and context.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    /// True when nothing of the request reached the upstream, so it may be sent again.
+    pub nothing_sent: bool,
+    pub upstream: Option<String>,
+    pub endpoint: Option<String>,
+    pub message: String,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ProxyError {
+            kind,
+            nothing_sent: false,
+            upstream: None,
+            endpoint: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn upstream(mut self, name: &str) -> Self {
+        self.upstream = Some(name.to_string());
+        self
+    }
+
+    pub fn endpoint(mut self, address: &str) -> Self {
+        self.endpoint = Some(address.to_string());
+        self
+    }
+
+    pub fn nothing_sent(mut self) -> Self {
+        self.nothing_sent = true;
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    pub fn side(&self) -> Side {
+        self.kind.side()
+    }
+
+    /// Builds the response the client sees: the status and a JSON body naming
+    /// the upstream and the reason.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let mut body = serde_json::json!({
+            "error": self.kind.as_str(),
+            "status": self.status().as_u16(),
+            "message": self.message,
+        });
+        if let Some(upstream) = &self.upstream {
+            body["upstream"] = upstream.as_str().into();
+        }
+        let mut response = json_response(self.status(), &body);
+        if self.kind == ErrorKind::BadRequest {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self.kind, ErrorKind::Overloaded | ErrorKind::ShuttingDown) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// Builds a response with a JSON body.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+    let mut text = serde_json::to_vec(body).unwrap_or_default();
+    text.push(b'\n');
+    let mut response = Response::new(full(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_statuses() {
+        assert_eq!(ErrorKind::NoRoute.status(), StatusCode::NOT_FOUND);
+        assert_eq!(ErrorKind::ConnectFailed.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            ErrorKind::NoHealthyEndpoint.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ErrorKind::ResponseTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn bad_request_closes_connection() {
+        let response = ProxyError::new(ErrorKind::BadRequest, "bad chunk").to_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+    }
+}

@@ -1,0 +1,799 @@
+//! The per-request proxy logic: built-ins, framing checks, routing, upstream
+//! selection with failover, forwarding, upgrades and the final record.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info, warn};
+use valkyrie_router::{RequestInfo, RouteTarget};
+
+use crate::body::{self, OnFinish, Prefixed, ProxyBody};
+use crate::error::{ErrorKind, ProxyError};
+use crate::headers::{self, ClientInfo};
+use crate::pool::Conn;
+use crate::server::ConnActivity;
+use crate::state::{ListenerKind, ProxyState, RequestRecord, Snapshot};
+use crate::upstream::{Endpoint, Upstream};
+
+/// Attempts per request across endpoints when connecting fails.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Context of the connection a request arrived on.
+#[derive(Clone)]
+pub struct ConnContext {
+    pub state: Arc<ProxyState>,
+    pub client: ClientInfo,
+    pub listener: ListenerKind,
+    pub activity: Arc<ConnActivity>,
+}
+
+/// What the record needs that only the forwarding step learns.
+#[derive(Default)]
+struct Progress {
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    endpoint: Option<Arc<str>>,
+    upstream_time: Option<Duration>,
+    /// Proxy time before the request went upstream.
+    before_send: Duration,
+    attempts: u32,
+    error: Option<ErrorKind>,
+}
+
+/// Handles one request; never fails, since every error becomes a response.
+pub async fn handle(
+    context: ConnContext,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    context.activity.request_started(request.version());
+
+    if let Some(builtins) = &context.state.builtins {
+        if builtins.claims(&request, context.listener) {
+            let response = builtins
+                .serve(request, context.client, context.listener)
+                .await;
+            let activity = context.activity.clone();
+            let (parts, body) = response.into_parts();
+            let body = body::boxed(OnFinish::new(body, move |_, _| activity.request_finished()));
+            return Ok(Response::from_parts(parts, body));
+        }
+    }
+
+    let method = request.method().clone();
+    let version = request.version();
+    let path = request.uri().path().to_string();
+    let host = request_host(&request).map(str::to_string);
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let mut progress = Progress::default();
+
+    let response = match proxy(&context, request, &mut progress, started, &request_bytes).await {
+        Ok(response) => response,
+        Err(error) => {
+            progress.error = Some(error.kind);
+            log_error(&error, &progress, &method, &path);
+            error.to_response()
+        }
+    };
+
+    let status = response.status().as_u16();
+    let after_head = Instant::now();
+    let (parts, body) = response.into_parts();
+    let state = context.state.clone();
+    let activity = context.activity.clone();
+    let client = context.client.peer;
+    let finish = move |completed: bool, response_bytes: u64| {
+        activity.request_finished();
+        let total = started.elapsed();
+        let router_added = progress.before_send
+            + match progress.upstream_time {
+                Some(_) => after_head.saturating_duration_since(
+                    started + progress.before_send + progress.upstream_time.unwrap_or_default(),
+                ),
+                None => Duration::ZERO,
+            };
+        let record = RequestRecord {
+            method,
+            path,
+            host,
+            client,
+            version,
+            route: progress.route,
+            upstream: progress.upstream,
+            endpoint: progress.endpoint,
+            status,
+            error: progress.error,
+            request_bytes: request_bytes.load(Ordering::Relaxed),
+            response_bytes,
+            total,
+            upstream_time: progress.upstream_time,
+            router_added,
+            attempts: progress.attempts,
+            completed,
+        };
+        for observer in &state.observers {
+            observer.on_request(&record);
+        }
+        if state.access_log.load(Ordering::Relaxed) {
+            access_log(&record);
+        }
+    };
+    Ok(Response::from_parts(
+        parts,
+        body::boxed(OnFinish::new(body, finish)),
+    ))
+}
+
+fn log_error(error: &ProxyError, progress: &Progress, method: &Method, path: &str) {
+    let route = progress.route.as_deref().unwrap_or("-");
+    match error.kind {
+        ErrorKind::NoRoute | ErrorKind::BadRequest | ErrorKind::PayloadTooLarge => {
+            debug!(%method, path, kind = error.kind.as_str(), error = %error.message, "request rejected");
+        }
+        _ => warn!(
+            %method,
+            path,
+            route,
+            upstream = error.upstream.as_deref().unwrap_or("-"),
+            endpoint = error.endpoint.as_deref().unwrap_or("-"),
+            kind = error.kind.as_str(),
+            error = %error.message,
+            "request failed"
+        ),
+    }
+}
+
+fn access_log(record: &RequestRecord) {
+    info!(
+        target: "access",
+        client = %record.client,
+        method = %record.method,
+        host = record.host.as_deref().unwrap_or("-"),
+        path = %record.path,
+        version = ?record.version,
+        status = record.status,
+        route = record.route.as_deref().unwrap_or("-"),
+        upstream = record.upstream.as_deref().unwrap_or("-"),
+        endpoint = record.endpoint.as_deref().unwrap_or("-"),
+        request_bytes = record.request_bytes,
+        response_bytes = record.response_bytes,
+        duration_us = record.total.as_micros() as u64,
+        upstream_us = record.upstream_time.map_or(0, |d| d.as_micros() as u64),
+        router_added_us = record.router_added.as_micros() as u64,
+        attempts = record.attempts,
+        completed = record.completed,
+        error = record.error.map_or("-", ErrorKind::as_str),
+    );
+}
+
+/// Returns the request's authority: the URI's for HTTP/2 and absolute-form
+/// requests, otherwise the `Host` header.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+        })
+}
+
+async fn proxy(
+    context: &ConnContext,
+    mut request: Request<Incoming>,
+    progress: &mut Progress,
+    started: Instant,
+    request_bytes: &Arc<AtomicU64>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if context.state.is_draining() {
+        return Err(ProxyError::new(
+            ErrorKind::ShuttingDown,
+            "the server is shutting down",
+        ));
+    }
+    check_framing(&request)?;
+
+    let snapshot = context.state.snapshot.load_full();
+    let host = request_host(&request).map(str::to_string);
+    let upgrade =
+        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+
+    let route_match = {
+        let info = RequestInfo {
+            host: host.as_deref(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            method: request.method(),
+            headers: request.headers(),
+        };
+        snapshot.routes.route(&info).map(|found| {
+            (
+                found.route.name.clone(),
+                found.route.target.clone(),
+                found_upstream_path(&found, info.path),
+            )
+        })
+    };
+    let Some((route_name, target, upstream_path)) = route_match else {
+        return Err(ProxyError::new(
+            ErrorKind::NoRoute,
+            format!(
+                "no route matches {} {}{}",
+                request.method(),
+                host.as_deref().unwrap_or(""),
+                request.uri().path()
+            ),
+        ));
+    };
+    progress.route = Some(route_name);
+    let upstream_index = match target {
+        RouteTarget::Upstream(index) => index,
+        RouteTarget::KeyTable(_) => {
+            return Err(ProxyError::new(
+                ErrorKind::NoRoute,
+                "key-table routes are not supported by this build",
+            ))
+        }
+    };
+    let upstream = snapshot.upstreams[upstream_index].clone();
+    progress.upstream = Some(upstream.name.clone());
+
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, incoming) = request.into_parts();
+    let body = read_request_body(incoming, &parts.headers, &snapshot, request_bytes).await?;
+
+    prepare_upstream_head(
+        &mut parts,
+        &snapshot,
+        context.client,
+        host.as_deref(),
+        upgrade,
+    );
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{upstream_path}?{query}"),
+        None => upstream_path,
+    };
+    let hash_key = hash_key(&upstream, &parts, context.client, &path_and_query);
+
+    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    let mut body = Some(body);
+    let mut last_error = None;
+    while tried.len() < MAX_CONNECT_ATTEMPTS.min(upstream.endpoints.len()) {
+        let Some(index) = upstream.pick(hash_key.as_deref(), &tried) else {
+            break;
+        };
+        tried.push(index);
+        progress.attempts += 1;
+        let endpoint = upstream.endpoints[index].clone();
+        progress.endpoint = Some(endpoint.address.clone());
+
+        let result = send_to_endpoint(
+            &upstream,
+            &endpoint,
+            &mut parts,
+            &mut body,
+            &path_and_query,
+            upgrade,
+            progress,
+            started,
+        )
+        .await;
+        match result {
+            Ok(upstreamed) => {
+                let failed = upstreamed.response.status().is_server_error();
+                upstream.record_outcome(index, failed);
+                return finish_response(
+                    upstreamed,
+                    &snapshot,
+                    client_upgrade,
+                    &endpoint,
+                    &upstream,
+                );
+            }
+            Err(error) => {
+                let error = error.upstream(&upstream.name).endpoint(&endpoint.address);
+                if matches!(
+                    error.kind,
+                    ErrorKind::ConnectFailed
+                        | ErrorKind::ConnectTimeout
+                        | ErrorKind::UpstreamReset
+                        | ErrorKind::ResponseTimeout
+                ) {
+                    upstream.record_outcome(index, true);
+                }
+                let retry = error.nothing_sent && body.is_some();
+                if retry {
+                    debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error.message, "trying another endpoint");
+                }
+                last_error = Some(error);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        ProxyError::new(
+            ErrorKind::NoHealthyEndpoint,
+            "the upstream has no endpoint to send to",
+        )
+        .upstream(&upstream.name)
+    }))
+}
+
+/// Rejects what RFC 9112 says a server must not process: a request with both
+/// `Content-Length` and `Transfer-Encoding`, and conflicting lengths.
+fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    if request.version() >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let headers = request.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "the request has both Content-Length and Transfer-Encoding; send only one",
+        ));
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.any(|other| other != first) {
+            return Err(ProxyError::new(
+                ErrorKind::BadRequest,
+                "the request has conflicting Content-Length values",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Applies the body limit, and for chunked bodies reads the first frame
+/// before anything goes upstream, so a malformed first chunk is answered
+/// with 400 instead of reaching an upstream in part.
+async fn read_request_body(
+    incoming: Incoming,
+    headers: &HeaderMap,
+    snapshot: &Snapshot,
+    request_bytes: &Arc<AtomicU64>,
+) -> Result<ProxyBody, ProxyError> {
+    let limit = snapshot.max_request_body_bytes;
+    if limit > 0 {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(ProxyError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            ));
+        }
+    }
+    let counter = request_bytes.clone();
+    let counted = CountingBody::new(incoming, counter, limit);
+    if incoming_is_chunked(headers) {
+        let mut counted = counted;
+        let first = match counted.frame().await {
+            None => None,
+            Some(Ok(frame)) => Some(frame),
+            Some(Err(error)) => {
+                return Err(ProxyError::new(
+                    ErrorKind::BadRequest,
+                    format!("invalid chunked request body: {error}"),
+                ))
+            }
+        };
+        return Ok(body::boxed(Prefixed::new(first, counted)));
+    }
+    Ok(body::boxed(counted))
+}
+
+fn incoming_is_chunked(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// Rewrites the request head for the upstream: hop-by-hop headers out,
+/// forwarding headers in, `Expect` handled here.
+fn prepare_upstream_head(
+    parts: &mut Parts,
+    snapshot: &Snapshot,
+    client: ClientInfo,
+    host: Option<&str>,
+    upgrade: bool,
+) {
+    let upgrade_protocol = if upgrade {
+        parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    headers::remove_hop_by_hop(&mut parts.headers);
+    // The proxy answers `Expect: 100-continue` itself when it starts reading the body.
+    parts.headers.remove(header::EXPECT);
+    headers::add_forwarding(
+        &mut parts.headers,
+        client,
+        host,
+        &snapshot.trusted_proxies,
+        &snapshot.via,
+    );
+    if let Some(protocol) = upgrade_protocol {
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if parts.headers.get(header::HOST).is_none() {
+        if let Some(value) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+}
+
+fn hash_key(upstream: &Upstream, parts: &Parts, client: ClientInfo, path: &str) -> Option<Vec<u8>> {
+    if upstream.config.balance != valkyrie_config::BalanceStrategy::ConsistentHash {
+        return None;
+    }
+    let key = upstream.config.hash_key.as_deref().unwrap_or("client_ip");
+    match key {
+        "client_ip" => Some(client.peer.to_string().into_bytes()),
+        "path" => Some(path.as_bytes().to_vec()),
+        other => {
+            let name = other.strip_prefix("header:").unwrap_or(other);
+            parts
+                .headers
+                .get(name)
+                .map(|value| value.as_bytes().to_vec())
+        }
+    }
+}
+
+/// Builds the upstream request from the shared head, reusing the head when
+/// this is the last use and cloning it when a retry may need it again.
+fn build_request(
+    parts: &Parts,
+    body: ProxyBody,
+    path_and_query: &str,
+    http2: bool,
+) -> Request<ProxyBody> {
+    let mut builder = Request::builder().method(parts.method.clone());
+    let uri = if http2 {
+        let authority = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{authority}{path_and_query}")
+    } else {
+        path_and_query.to_string()
+    };
+    builder = builder.uri(uri.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/")));
+    builder = builder.version(if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    });
+    let mut request = builder
+        .body(body)
+        .expect("method, URI and version are valid");
+    *request.headers_mut() = parts.headers.clone();
+    if http2 {
+        request.headers_mut().remove(header::HOST);
+    }
+    request
+}
+
+/// Sends the request to one endpoint. On a reused HTTP/1.1 connection that
+/// the upstream had already closed, sends once more on a new connection when
+/// that is safe: nothing of the request was written, or the method is
+/// idempotent and there is no body to replay.
+#[allow(clippy::too_many_arguments)]
+async fn send_to_endpoint(
+    upstream: &Upstream,
+    endpoint: &Arc<Endpoint>,
+    parts: &mut Parts,
+    body: &mut Option<ProxyBody>,
+    path_and_query: &str,
+    upgrade: bool,
+    progress: &mut Progress,
+    started: Instant,
+) -> Result<Upstreamed, ProxyError> {
+    let addresses = endpoint.addresses();
+    let pool = &endpoint.pool;
+    let checkout = if upgrade {
+        if pool.is_http2() {
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamProtocol,
+                "protocol upgrades need an HTTP/1.1 upstream; this upstream speaks HTTP/2",
+            ));
+        }
+        pool.connect(&addresses).await?
+    } else {
+        pool.checkout(&addresses).await?
+    };
+    let timeout = upstream.config.request_timeout.0;
+    let mut conn = checkout.conn;
+    let mut reused = checkout.reused;
+
+    loop {
+        let request_body = body.take().expect("a body is present for each attempt");
+        let replayable = reused && is_idempotent(&parts.method) && request_body.is_end_stream();
+        let request = build_request(parts, request_body, path_and_query, pool.is_http2());
+        progress.before_send = started.elapsed();
+        let sent_at = Instant::now();
+        endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
+        let outcome = match &mut conn {
+            Conn::Http1(sender) => {
+                tokio::time::timeout(timeout, sender.try_send_request(request)).await
+            }
+            Conn::Http2(sender) => {
+                tokio::time::timeout(timeout, sender.try_send_request(request)).await
+            }
+        };
+        endpoint.active_requests.fetch_sub(1, Ordering::Relaxed);
+
+        let error = match outcome {
+            Ok(Ok(response)) => {
+                progress.upstream_time = Some(sent_at.elapsed());
+                return Ok(attach_pool_return(response, conn, endpoint));
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                discard(&conn, endpoint);
+                return Err(ProxyError::new(
+                    ErrorKind::ResponseTimeout,
+                    format!("no response head within {timeout:?}"),
+                ));
+            }
+        };
+        discard(&conn, endpoint);
+        let (error, unsent) = split_send_error(error);
+        let nothing_sent = unsent.is_some();
+        if let Some(unsent) = unsent {
+            *body = Some(unsent.into_body());
+        } else if replayable {
+            *body = Some(body::empty());
+        }
+        if reused && body.is_some() {
+            debug!(upstream = %upstream.name, endpoint = %endpoint.address, %error, "pooled connection was closed by the upstream; retrying on a new connection");
+            let fresh = pool.connect(&addresses).await?;
+            conn = fresh.conn;
+            reused = false;
+            continue;
+        }
+        let mut failure = ProxyError::new(
+            ErrorKind::UpstreamReset,
+            format!("upstream connection failed before the response head: {error}"),
+        );
+        if nothing_sent {
+            failure = failure.nothing_sent();
+        }
+        return Err(failure);
+    }
+}
+
+fn split_send_error(
+    error: TrySendError<Request<ProxyBody>>,
+) -> (hyper::Error, Option<Request<ProxyBody>>) {
+    let mut error = error;
+    let unsent = error.take_message();
+    (error.into_error(), unsent)
+}
+
+fn discard(conn: &Conn, endpoint: &Endpoint) {
+    if matches!(conn, Conn::Http1(_)) {
+        endpoint.pool.discard();
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A response from the upstream, boxed, with the upstream side of a
+/// switched protocol when the upstream accepted an upgrade.
+struct Upstreamed {
+    response: Response<ProxyBody>,
+    upgraded: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Returns an HTTP/1.1 connection to its pool when the response body ends
+/// cleanly; a body cut short or a switched protocol keeps it out.
+fn attach_pool_return(
+    mut response: Response<Incoming>,
+    conn: Conn,
+    endpoint: &Arc<Endpoint>,
+) -> Upstreamed {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if matches!(conn, Conn::Http1(_)) {
+            endpoint.pool.discard();
+        }
+        let upgraded = Some(hyper::upgrade::on(&mut response));
+        return Upstreamed {
+            response: response.map(body::boxed),
+            upgraded,
+        };
+    }
+    let response = match conn {
+        Conn::Http1(sender) => {
+            let endpoint = endpoint.clone();
+            let mut sender = Some(sender);
+            response.map(|incoming| {
+                body::boxed(OnFinish::new(incoming, move |clean, _| {
+                    let Some(sender) = sender.take() else { return };
+                    if clean {
+                        endpoint.pool.release(sender);
+                    } else {
+                        endpoint.pool.discard();
+                    }
+                }))
+            })
+        }
+        Conn::Http2(_) => response.map(body::boxed),
+    };
+    Upstreamed {
+        response,
+        upgraded: None,
+    }
+}
+
+/// Rewrites the upstream's response head for the client and, for a switched
+/// protocol, joins the two upgraded connections in a tunnel.
+fn finish_response(
+    upstreamed: Upstreamed,
+    snapshot: &Snapshot,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    endpoint: &Endpoint,
+    upstream: &Upstream,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Upstreamed {
+        mut response,
+        upgraded,
+    } = upstreamed;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upgrade_headers = switching.then(|| {
+        (
+            response.headers().get(header::UPGRADE).cloned(),
+            response.headers().get(header::CONNECTION).cloned(),
+        )
+    });
+    headers::remove_hop_by_hop(response.headers_mut());
+    response
+        .headers_mut()
+        .append(header::VIA, snapshot.via.clone());
+
+    if let (Some((upgrade, connection)), Some(upstream_side), Some(client_side)) =
+        (upgrade_headers, upgraded, client_upgrade)
+    {
+        if let Some(upgrade) = upgrade {
+            response.headers_mut().insert(header::UPGRADE, upgrade);
+        }
+        response.headers_mut().insert(
+            header::CONNECTION,
+            connection.unwrap_or(HeaderValue::from_static("upgrade")),
+        );
+        spawn_tunnel(
+            client_side,
+            upstream_side,
+            upstream.name.clone(),
+            endpoint.address.clone(),
+        );
+    }
+    Ok(response)
+}
+
+/// Copies bytes both ways between the client and the upstream once both
+/// sides have switched protocols, until either side closes.
+fn spawn_tunnel(
+    client_side: hyper::upgrade::OnUpgrade,
+    upstream_side: hyper::upgrade::OnUpgrade,
+    upstream: Arc<str>,
+    endpoint: Arc<str>,
+) {
+    let tunnels = crate::server::tunnel_guard();
+    tokio::spawn(async move {
+        let _tunnel = tunnels;
+        let (client, upstream_io) = match tokio::try_join!(client_side, upstream_side) {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%upstream, %endpoint, %error, "protocol upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream_io = TokioIo::new(upstream_io);
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream_io).await {
+            Ok((sent, received)) => {
+                debug!(%upstream, %endpoint, sent, received, "upgraded connection closed");
+            }
+            Err(error) => {
+                debug!(%upstream, %endpoint, %error, "upgraded connection ended with an error");
+            }
+        }
+    });
+}
+
+pin_project_lite::pin_project! {
+    /// Counts request body bytes and fails the stream once it passes the
+    /// body size limit (0 means no limit).
+    struct CountingBody<B> {
+        #[pin]
+        inner: B,
+        counter: Arc<AtomicU64>,
+        limit: u64,
+    }
+}
+
+impl<B> CountingBody<B> {
+    fn new(inner: B, counter: Arc<AtomicU64>, limit: u64) -> Self {
+        CountingBody {
+            inner,
+            counter,
+            limit,
+        }
+    }
+}
+
+impl<B> Body for CountingBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<body::BoxError>,
+{
+    type Data = Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = std::task::ready!(this.inner.poll_frame(cx));
+        let frame = match polled {
+            None => return std::task::Poll::Ready(None),
+            Some(Err(error)) => return std::task::Poll::Ready(Some(Err(error.into()))),
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let total =
+                this.counter.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+            if *this.limit > 0 && total > *this.limit {
+                return std::task::Poll::Ready(Some(Err(format!(
+                    "request body exceeds the limit of {} bytes",
+                    this.limit
+                )
+                .into())));
+            }
+        }
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// Placeholder until the router returns the normalized upstream path.
+fn found_upstream_path(_found: &valkyrie_router::RouteMatch<'_>, path: &str) -> String {
+    path.to_string()
+}

@@ -1,0 +1,197 @@
+//! Header rewriting between the downstream and upstream sides: hop-by-hop
+//! removal and the `X-Forwarded-*` and `Via` headers.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::net::CidrSet;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection and never cross the proxy (RFC 9110 §7.6.1).
+fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names. `TE: trailers` is kept because gRPC needs it end to end;
+/// any other `TE` value is removed.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+    let te_is_trailers = headers
+        .get(header::TE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("trailers"));
+    if !te_is_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// What the proxy knows about the connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientInfo {
+    pub peer: IpAddr,
+    /// `"http"` or `"https"`.
+    pub scheme: &'static str,
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and appends to `Via`. Incoming
+/// `X-Forwarded-*` values are kept only when the peer is a trusted proxy;
+/// otherwise they are replaced, so a client cannot forge its address.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: ClientInfo,
+    host: Option<&str>,
+    trusted: &CidrSet,
+    via: &HeaderValue,
+) {
+    let peer = client.peer.to_string();
+    let from_trusted_proxy = trusted.contains(client.peer);
+
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) if from_trusted_proxy => {
+            let mut value = existing.as_bytes().to_vec();
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        _ => HeaderValue::from_str(&peer).ok(),
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+
+    if !(from_trusted_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(client.scheme),
+        );
+    }
+
+    if !(from_trusted_proxy && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host.and_then(|host| HeaderValue::from_str(host).ok()) {
+            Some(value) => {
+                headers.insert(X_FORWARDED_HOST.clone(), value);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+
+    headers.append(header::VIA, via.clone());
+}
+
+/// Returns true when the request asks to switch protocols (WebSocket and
+/// other `Upgrade` tunnels).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(ranges: &[&str]) -> CidrSet {
+        CidrSet::parse(ranges.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_removed_with_connection_names() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(header::TE, "gzip".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key("x-secret"));
+        assert!(!headers.contains_key(header::CONNECTION));
+        assert!(!headers.contains_key("keep-alive"));
+        assert!(!headers.contains_key(header::TRANSFER_ENCODING));
+        assert!(!headers.contains_key(header::TE));
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn te_trailers_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers[header::TE], "trailers");
+    }
+
+    #[test]
+    fn forwarded_for_replaced_from_untrusted_peer() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        headers.insert(&X_FORWARDED_PROTO, "https".parse().unwrap());
+        let client = ClientInfo {
+            peer: "203.0.113.9".parse().unwrap(),
+            scheme: "http",
+        };
+        let via = HeaderValue::from_static("1.1 valkyrie");
+        add_forwarding(&mut headers, client, Some("a.example"), &trusted(&[]), &via);
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&X_FORWARDED_HOST], "a.example");
+        assert_eq!(headers[header::VIA], "1.1 valkyrie");
+    }
+
+    #[test]
+    fn forwarded_for_appended_from_trusted_peer() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_FORWARDED_FOR, "198.51.100.7".parse().unwrap());
+        headers.insert(&X_FORWARDED_PROTO, "https".parse().unwrap());
+        let client = ClientInfo {
+            peer: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+        };
+        let via = HeaderValue::from_static("1.1 valkyrie");
+        add_forwarding(&mut headers, client, None, &trusted(&["10.0.0.0/8"]), &via);
+        assert_eq!(headers[&X_FORWARDED_FOR], "198.51.100.7, 10.1.2.3");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn upgrade_detected_only_with_connection_token() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(!is_upgrade_request(&headers));
+        headers.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert!(is_upgrade_request(&headers));
+    }
+}

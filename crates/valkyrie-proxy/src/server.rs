@@ -1,0 +1,360 @@
+//! Listeners and downstream connections: accepting within `max_connections`,
+//! serving HTTP/1.1 and HTTP/2 on each connection, the request-head and idle
+//! timeouts, and draining on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::handler::{handle, ConnContext};
+use crate::headers::ClientInfo;
+use crate::state::{ListenerKind, ProxyState};
+
+static OPEN_TUNNELS: AtomicUsize = AtomicUsize::new(0);
+
+/// Held by each upgraded tunnel while it runs, so draining can wait for it.
+pub struct TunnelGuard(());
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        OPEN_TUNNELS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn tunnel_guard() -> TunnelGuard {
+    OPEN_TUNNELS.fetch_add(1, Ordering::Relaxed);
+    TunnelGuard(())
+}
+
+/// Returns the number of upgraded connections (WebSocket and others) open now.
+pub fn open_tunnels() -> usize {
+    OPEN_TUNNELS.load(Ordering::Relaxed)
+}
+
+/// What one downstream connection has been doing, for its timeouts.
+pub struct ConnActivity {
+    epoch: Instant,
+    in_flight: AtomicU32,
+    bytes_read: AtomicU64,
+    bytes_at_idle: AtomicU64,
+    idle_since_ms: AtomicU64,
+    http2: AtomicBool,
+}
+
+impl ConnActivity {
+    fn new() -> ConnActivity {
+        ConnActivity {
+            epoch: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_at_idle: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn request_started(&self, version: http::Version) {
+        if version == http::Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.bytes_at_idle
+                .store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The connection watchdog's verdict on one tick.
+enum Verdict {
+    Busy,
+    /// Bytes of a request head arrived this long ago without a complete head.
+    HeadPending,
+    /// No request and no bytes for this long.
+    Idle(Duration),
+}
+
+fn inspect(activity: &ConnActivity) -> Verdict {
+    if activity.in_flight.load(Ordering::Relaxed) > 0 {
+        return Verdict::Busy;
+    }
+    let idle_for = Duration::from_millis(
+        activity
+            .now_ms()
+            .saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed)),
+    );
+    let partial_head = activity.bytes_read.load(Ordering::Relaxed)
+        > activity.bytes_at_idle.load(Ordering::Relaxed);
+    if partial_head && !activity.http2.load(Ordering::Relaxed) {
+        Verdict::HeadPending
+    } else {
+        Verdict::Idle(idle_for)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A socket that counts the bytes read from it.
+    struct ActivityIo {
+        #[pin]
+        inner: TcpStream,
+        activity: Arc<ConnActivity>,
+    }
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.activity
+                .bytes_read
+                .fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Opens a listening socket with address reuse and a deep accept backlog.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if address.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Runs the listeners and drains them on request.
+pub struct Server {
+    state: Arc<ProxyState>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    pub fn new(state: Arc<ProxyState>) -> Server {
+        let (shutdown, _) = watch::channel(false);
+        Server { state, shutdown }
+    }
+
+    pub fn state(&self) -> &Arc<ProxyState> {
+        &self.state
+    }
+
+    /// Accepts connections on `listener` until shutdown.
+    pub fn spawn_listener(
+        &self,
+        listener: TcpListener,
+        kind: ListenerKind,
+    ) -> tokio::task::JoinHandle<()> {
+        let state = self.state.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let local = listener.local_addr().ok();
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = shutdown.changed() => break,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Running out of file descriptors must not spin the loop.
+                        warn!(listener = ?local, %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let max = state.snapshot.load().config.server.max_connections as u64;
+                if state.open_connections.load(Ordering::Relaxed) >= max {
+                    debug!(%peer, max, "closing connection: max_connections reached");
+                    drop(stream);
+                    continue;
+                }
+                state.open_connections.fetch_add(1, Ordering::Relaxed);
+                let state = state.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, state.clone(), kind, shutdown).await;
+                    state.open_connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            info!(listener = ?local, "listener closed");
+        })
+    }
+
+    /// Stops accepting, asks every connection to finish its requests and
+    /// close, and waits up to `timeout` for connections and tunnels to end.
+    /// Returns true when everything finished in time.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.state.start_draining();
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let connections = self.state.open_connections.load(Ordering::Relaxed);
+            let tunnels = open_tunnels();
+            if connections == 0 && tunnels == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    connections,
+                    tunnels, "graceful shutdown timed out with connections still open"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    kind: ListenerKind,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(ConnActivity::new());
+    let (header_timeout, idle_timeout, max_header_bytes) = {
+        let snapshot = state.snapshot.load();
+        let server = &snapshot.config.server;
+        (
+            snapshot.request_header_timeout,
+            snapshot.idle_timeout,
+            server.max_request_header_bytes,
+        )
+    };
+    let context = ConnContext {
+        state,
+        client: ClientInfo {
+            peer: peer.ip().to_canonical(),
+            scheme: "http",
+        },
+        listener: kind,
+        activity: activity.clone(),
+    };
+    let io = TokioIo::new(ActivityIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = service_fn(move |request| handle(context.clone(), request));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes.min(u32::MAX as usize) as u32);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+
+    let tick_every = (header_timeout.min(idle_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut head_pending_since: Option<Instant> = None;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    debug!(%peer, %error, "downstream connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = ticker.tick(), if !closing => {
+                match inspect(&activity) {
+                    Verdict::Busy => head_pending_since = None,
+                    Verdict::HeadPending => {
+                        let since = *head_pending_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= header_timeout {
+                            debug!(%peer, timeout = ?header_timeout, "closing connection: request head not received in time");
+                            return;
+                        }
+                    }
+                    Verdict::Idle(idle_for) => {
+                        head_pending_since = None;
+                        if idle_for >= idle_timeout {
+                            debug!(%peer, "closing idle connection");
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

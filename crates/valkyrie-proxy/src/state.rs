@@ -1,0 +1,194 @@
+//! The live state the data plane reads: one immutable snapshot of routes and
+//! upstreams, swapped whole on reload, plus the hooks the binary plugs in.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use valkyrie_config::Config;
+use valkyrie_router::RouteTable;
+
+use crate::body::ProxyBody;
+use crate::headers::ClientInfo;
+use crate::net::CidrSet;
+use crate::upstream::Upstream;
+
+/// Everything one routing decision needs, immutable once published.
+pub struct Snapshot {
+    /// Increases by one with every published snapshot.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    /// Indexed like `config.upstreams`.
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub trusted_proxies: CidrSet,
+    pub via: HeaderValue,
+    pub request_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_request_body_bytes: u64,
+}
+
+/// A snapshot that could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Routes(#[from] valkyrie_router::BuildError),
+    #[error("invalid [server] trusted_proxies: {0}")]
+    TrustedProxies(String),
+    #[error("invalid [server] via_name `{0}`: it must be a valid header value")]
+    Via(String),
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a validated config. Upstreams whose config did
+    /// not change are taken over from `previous`, with their pools and health,
+    /// so a reload keeps warm connections.
+    pub async fn build(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let routes = RouteTable::build(&config)?;
+        let trusted_proxies =
+            CidrSet::parse(config.server.trusted_proxies.iter().map(String::as_str))
+                .map_err(SnapshotError::TrustedProxies)?;
+        let via = HeaderValue::from_str(&format!("1.1 {}", config.server.via_name))
+            .map_err(|_| SnapshotError::Via(config.server.via_name.clone()))?;
+
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for upstream_config in &config.upstreams {
+            let kept = previous.and_then(|previous| {
+                previous.upstreams.iter().find(|old| {
+                    old.config == *upstream_config
+                        && previous.config.routing.connection_pool_size
+                            == config.routing.connection_pool_size
+                })
+            });
+            let upstream = match kept {
+                Some(old) => old.clone(),
+                None => {
+                    let upstream =
+                        Upstream::new(upstream_config, config.routing.connection_pool_size).await;
+                    upstream.spawn_maintenance();
+                    upstream
+                }
+            };
+            upstreams.push(upstream);
+        }
+
+        Ok(Snapshot {
+            generation: previous.map_or(1, |previous| previous.generation + 1),
+            routes,
+            upstreams,
+            trusted_proxies,
+            via,
+            request_header_timeout: config.server.request_header_timeout.0,
+            idle_timeout: config.server.idle_timeout.0,
+            max_request_body_bytes: config.server.max_request_body_bytes.0,
+            config,
+        })
+    }
+}
+
+/// The listener a request arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Routed traffic; also serves the built-in endpoints unless an admin
+    /// listener is configured.
+    DataPlane,
+    /// The separate admin listener.
+    Admin,
+}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Built-in endpoints (`/health`, `/ready`, `/config/status`, `/admin/*`)
+/// served by the binary ahead of routing.
+pub trait Builtins: Send + Sync + 'static {
+    /// Returns true when this request is for a built-in endpoint.
+    fn claims(&self, request: &Request<Incoming>, listener: ListenerKind) -> bool;
+
+    /// Serves a request that `claims` accepted.
+    fn serve(
+        &self,
+        request: Request<Incoming>,
+        client: ClientInfo,
+        listener: ListenerKind,
+    ) -> BoxFuture<Response<ProxyBody>>;
+}
+
+/// Everything known about one finished request, for metrics and the access log.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub method: http::Method,
+    pub path: String,
+    pub host: Option<String>,
+    pub client: std::net::IpAddr,
+    pub version: http::Version,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub endpoint: Option<Arc<str>>,
+    pub status: u16,
+    pub error: Option<crate::error::ErrorKind>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// From request head parsed to the response body's end.
+    pub total: Duration,
+    /// Time the upstream took, from request sent to response head received.
+    pub upstream_time: Option<Duration>,
+    /// Time spent in the proxy itself, before sending upstream and after the response head arrived.
+    pub router_added: Duration,
+    /// Attempts made, counting retries.
+    pub attempts: u32,
+    /// False when the client went away or a body failed before the end.
+    pub completed: bool,
+}
+
+/// Receives one record per request.
+pub trait Observer: Send + Sync + 'static {
+    fn on_request(&self, record: &RequestRecord);
+}
+
+/// State shared by every listener and connection.
+pub struct ProxyState {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub builtins: Option<Arc<dyn Builtins>>,
+    pub observers: Vec<Arc<dyn Observer>>,
+    pub access_log: AtomicBool,
+    draining: AtomicBool,
+    /// Downstream connections open now, for `max_connections` and draining.
+    pub open_connections: AtomicU64,
+}
+
+impl ProxyState {
+    pub fn new(snapshot: Snapshot) -> ProxyState {
+        let access_log = snapshot.config.logging.access_log;
+        ProxyState {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            builtins: None,
+            observers: Vec::new(),
+            access_log: AtomicBool::new(access_log),
+            draining: AtomicBool::new(false),
+            open_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Publishes a new snapshot; requests in flight finish on the one they started with.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.access_log
+            .store(snapshot.config.logging.access_log, Ordering::Relaxed);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
