@@ -1,0 +1,766 @@
+//! FIT, the fingerprinted ID table: an open-addressing exact-match table
+//! keyed by byte strings.
+//!
+//! Slots are arranged in groups of eight, and each group fills exactly one
+//! 64-byte cache line: eight 16-bit tags (a fingerprint taken from the top
+//! bits of the hash, or a marker for an empty or deleted slot), eight key
+//! lengths and eight offsets into one shared key arena. A lookup compares the
+//! tags of a whole group at once and touches key bytes only for a tag match,
+//! so with 16-bit tags a miss almost never reads a key. Values live in a
+//! separate array indexed by slot, which the CPU can load while it compares
+//! the key bytes.
+//!
+//! Probing moves group by group along a triangular sequence (home, +1, +3,
+//! +6, ...), which visits every group once because the group count is a power
+//! of two. A lookup stops at the first group that contains an empty slot.
+//!
+//! Keys are compared byte for byte. Host names are case-insensitive, so the
+//! caller lowercases them (for example with [`<[u8]>::to_ascii_lowercase`] or
+//! [`<[u8]>::make_ascii_lowercase`] on a stack buffer) before both insert and
+//! lookup; the table never folds case itself.
+//!
+//! The table is built and mutated by one owner (`&mut self`) and read through
+//! `&self` from any number of threads, which is how a snapshot published by
+//! [`crate::rcu::Rcu`] uses it.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use foldhash::fast::RandomState;
+
+/// Slots per group; one group is one 64-byte cache line.
+const GROUP_WIDTH: usize = 8;
+/// Tag of a slot that never held an entry since the last rebuild.
+const EMPTY: u16 = 0;
+/// Tag of a slot whose entry was removed; lookups probe past it.
+const DELETED: u16 = 1;
+/// Maximum key length in bytes, set by the 16-bit length field of a slot.
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+/// Maximum configurable load factor. At least one slot in 16 stays empty so
+/// that a miss ends within a few groups.
+pub const MAX_LOAD_FACTOR: f64 = 0.9375;
+
+/// Tags, key lengths and key offsets of eight slots, aligned to a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Group {
+    tags: [u16; GROUP_WIDTH],
+    key_lens: [u16; GROUP_WIDTH],
+    key_offsets: [u32; GROUP_WIDTH],
+}
+
+impl Group {
+    const EMPTY: Group = Group {
+        tags: [EMPTY; GROUP_WIDTH],
+        key_lens: [0; GROUP_WIDTH],
+        key_offsets: [0; GROUP_WIDTH],
+    };
+
+    /// Returns a bit mask with bit `i` set where `tags[i] == tag`. LLVM turns
+    /// this loop into one SSE2 compare and a move-mask on x86-64.
+    #[inline(always)]
+    fn match_tag(&self, tag: u16) -> u32 {
+        let mut mask = 0u32;
+        for (i, &t) in self.tags.iter().enumerate() {
+            mask |= u32::from(t == tag) << i;
+        }
+        mask
+    }
+
+    #[inline(always)]
+    fn match_free(&self) -> u32 {
+        let mut mask = 0u32;
+        for (i, &t) in self.tags.iter().enumerate() {
+            mask |= u32::from(t <= DELETED) << i;
+        }
+        mask
+    }
+}
+
+/// Shared operation counters of a table.
+///
+/// Clones of a [`Fit`] share one `FitCounters`, so the counts carry over when
+/// a snapshot is rebuilt from a clone of the previous one. A freshly built
+/// table can adopt existing counters with [`Fit::set_counters`].
+#[derive(Debug, Default)]
+pub struct FitCounters {
+    operations: AtomicU64,
+    collisions: AtomicU64,
+}
+
+impl FitCounters {
+    /// Creates counters starting at zero.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Returns the number of lookups, inserts and removes counted so far.
+    pub fn operations(&self) -> u64 {
+        self.operations.load(Ordering::Relaxed)
+    }
+
+    /// Returns the number of probes past the home group plus tag matches
+    /// whose key differed, counted so far.
+    pub fn collisions(&self) -> u64 {
+        self.collisions.load(Ordering::Relaxed)
+    }
+
+    /// Adds a caller-held tally to the counters and resets the tally.
+    pub fn absorb(&self, tally: &mut FitTally) {
+        if tally.operations != 0 {
+            self.operations
+                .fetch_add(tally.operations, Ordering::Relaxed);
+        }
+        if tally.collisions != 0 {
+            self.collisions
+                .fetch_add(tally.collisions, Ordering::Relaxed);
+        }
+        *tally = FitTally::default();
+    }
+
+    #[inline]
+    fn record(&self, collisions: u64) {
+        self.operations.fetch_add(1, Ordering::Relaxed);
+        if collisions != 0 {
+            self.collisions.fetch_add(collisions, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts held by one thread, for [`Fit::get_tallied`]; add them to the
+/// shared counters with [`FitCounters::absorb`] (for example once per
+/// request or per batch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FitTally {
+    /// Lookups counted.
+    pub operations: u64,
+    /// Probes past the home group plus tag matches whose key differed.
+    pub collisions: u64,
+}
+
+/// Point-in-time statistics of a table, from [`Fit::stats`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FitStats {
+    /// Lookups, inserts and removes counted by the shared counters.
+    pub operations: u64,
+    /// Probes past the home group plus tag matches whose key differed.
+    pub collisions: u64,
+    /// Live entries.
+    pub len: usize,
+    /// Slots allocated (a power of two, at least 8).
+    pub slots: usize,
+    /// Slots holding a deleted marker; they count toward the growth limit.
+    pub tombstones: usize,
+    /// `len / slots`.
+    pub load_factor: f64,
+    /// Bytes in the key arena, including bytes of removed keys.
+    pub key_arena_bytes: usize,
+    /// Bytes of removed keys still in the key arena.
+    pub dead_key_bytes: usize,
+    /// Heap bytes owned by the table (groups, values, key arena).
+    pub heap_bytes: usize,
+}
+
+/// Fingerprinted open-addressing table from byte-string keys to `V`.
+///
+/// See the module documentation for the layout. Keys are at most
+/// [`MAX_KEY_LEN`] bytes and the key arena at most 4 GiB.
+#[derive(Clone)]
+pub struct Fit<V> {
+    groups: Box<[Group]>,
+    values: Box<[Option<V>]>,
+    keys: Vec<u8>,
+    dead_key_bytes: usize,
+    len: usize,
+    tombstones: usize,
+    /// Entries plus tombstones allowed before the next insert rebuilds.
+    growth_limit: usize,
+    max_load_factor: f64,
+    hasher: RandomState,
+    counters: Arc<FitCounters>,
+    counting: bool,
+}
+
+impl<V> Fit<V> {
+    /// Creates a table that holds `capacity` entries without rebuilding and
+    /// rebuilds into a larger one when entries plus tombstones would exceed
+    /// `load_factor` of the slots.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `load_factor` is not in `(0, 0.9375]` ([`MAX_LOAD_FACTOR`]),
+    /// or if the slot count overflows `usize`.
+    pub fn with_capacity(capacity: usize, load_factor: f64) -> Self {
+        assert!(
+            load_factor > 0.0 && load_factor <= MAX_LOAD_FACTOR,
+            "invalid FIT load factor {load_factor}: expected a value in (0, {MAX_LOAD_FACTOR}]"
+        );
+        let group_count = group_count_for(capacity, load_factor);
+        Self {
+            groups: vec![Group::EMPTY; group_count].into_boxed_slice(),
+            values: empty_values(group_count * GROUP_WIDTH),
+            keys: Vec::new(),
+            dead_key_bytes: 0,
+            len: 0,
+            tombstones: 0,
+            growth_limit: growth_limit(group_count, load_factor),
+            max_load_factor: load_factor,
+            hasher: RandomState::default(),
+            counters: FitCounters::new(),
+            counting: true,
+        }
+    }
+
+    /// Returns the number of live entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Returns true if the table holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Returns the number of slots (a power of two, at least 8).
+    pub fn slots(&self) -> usize {
+        self.groups.len() * GROUP_WIDTH
+    }
+
+    /// Returns the current load factor, `len / slots`.
+    pub fn load_factor(&self) -> f64 {
+        self.len as f64 / self.slots() as f64
+    }
+
+    /// Returns the load factor above which an insert rebuilds the table.
+    pub fn max_load_factor(&self) -> f64 {
+        self.max_load_factor
+    }
+
+    /// Turns counting of lookups in [`Fit::get`] on or off. Inserts and
+    /// removes are always counted. Counting is on by default; each counted
+    /// lookup does one relaxed atomic add on a cache line that every reader
+    /// thread shares.
+    pub fn set_counting(&mut self, counting: bool) {
+        self.counting = counting;
+    }
+
+    /// Replaces the shared counters, so that a table built from scratch for
+    /// a new snapshot keeps counting where the previous table left off.
+    pub fn set_counters(&mut self, counters: Arc<FitCounters>) {
+        self.counters = counters;
+    }
+
+    /// Returns the shared counters of this table.
+    pub fn counters(&self) -> &Arc<FitCounters> {
+        &self.counters
+    }
+
+    /// Returns the counters and the size of the table.
+    pub fn stats(&self) -> FitStats {
+        FitStats {
+            operations: self.counters.operations(),
+            collisions: self.counters.collisions(),
+            len: self.len,
+            slots: self.slots(),
+            tombstones: self.tombstones,
+            load_factor: self.load_factor(),
+            key_arena_bytes: self.keys.len(),
+            dead_key_bytes: self.dead_key_bytes,
+            heap_bytes: self.heap_bytes(),
+        }
+    }
+
+    /// Returns the heap bytes owned by the table: groups, value slots and the
+    /// key arena's allocation. Memory owned by the values themselves (for
+    /// example behind a `Box`) is not included.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val::<[Group]>(&self.groups)
+            + std::mem::size_of_val::<[Option<V>]>(&self.values)
+            + self.keys.capacity()
+    }
+
+    /// Looks up `key`, counting the lookup in the shared counters unless
+    /// counting is turned off.
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<&V> {
+        let (slot, collisions) = self.find(key, self.hash(key));
+        if self.counting {
+            self.counters.record(collisions);
+        }
+        slot.and_then(|slot| self.values[slot].as_ref())
+    }
+
+    /// Looks up `key` and counts the lookup in `tally` instead of the shared
+    /// counters, which avoids the atomic add on a shared cache line.
+    #[inline]
+    pub fn get_tallied(&self, key: &[u8], tally: &mut FitTally) -> Option<&V> {
+        let (slot, collisions) = self.find(key, self.hash(key));
+        tally.operations += 1;
+        tally.collisions += collisions;
+        slot.and_then(|slot| self.values[slot].as_ref())
+    }
+
+    /// Returns true if `key` is present. Not counted.
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.find(key, self.hash(key)).0.is_some()
+    }
+
+    /// Looks up `key` for modification. Counted like an insert.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        let (slot, collisions) = self.find(key, self.hash(key));
+        self.counters.record(collisions);
+        slot.and_then(|slot| self.values[slot].as_mut())
+    }
+
+    /// Inserts `value` under `key`, returning the value it replaced. May
+    /// rebuild the table into a larger one, which also drops the bytes of
+    /// removed keys from the arena.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `key` is longer than [`MAX_KEY_LEN`] or the key arena would
+    /// exceed 4 GiB.
+    pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
+        assert!(
+            key.len() <= MAX_KEY_LEN,
+            "FIT key of {} bytes is longer than the maximum of {MAX_KEY_LEN}",
+            key.len()
+        );
+        let hash = self.hash(key);
+        let (found, collisions) = self.find(key, hash);
+        self.counters.record(collisions);
+        if let Some(slot) = found {
+            return self.values[slot].replace(value);
+        }
+        if self.len + self.tombstones >= self.growth_limit {
+            self.reserve_one();
+        }
+        let offset = u32::try_from(self.keys.len())
+            .ok()
+            .filter(|offset| offset.checked_add(key.len() as u32).is_some())
+            .expect("FIT key arena is limited to 4 GiB");
+        self.keys.extend_from_slice(key);
+        let slot = self.place(hash, key.len() as u16, offset);
+        self.values[slot] = Some(value);
+        self.len += 1;
+        None
+    }
+
+    /// Removes `key`, returning its value. The key's bytes stay in the arena
+    /// as dead bytes until the next rebuild; a remove that leaves more dead
+    /// than live key bytes rebuilds the table at its current size.
+    pub fn remove(&mut self, key: &[u8]) -> Option<V> {
+        let (found, collisions) = self.find(key, self.hash(key));
+        self.counters.record(collisions);
+        let slot = found?;
+        let group = &mut self.groups[slot / GROUP_WIDTH];
+        let index = slot % GROUP_WIDTH;
+        // A group that still has an empty slot was never full since the last
+        // rebuild, so no probe sequence continued past it and the slot can
+        // become empty instead of a tombstone.
+        if group.match_tag(EMPTY) != 0 {
+            group.tags[index] = EMPTY;
+        } else {
+            group.tags[index] = DELETED;
+            self.tombstones += 1;
+        }
+        self.dead_key_bytes += usize::from(group.key_lens[index]);
+        self.len -= 1;
+        let value = self.values[slot].take();
+        if self.dead_key_bytes > 4096 && self.dead_key_bytes > self.keys.len() / 2 {
+            self.rebuild(self.groups.len());
+        }
+        value
+    }
+
+    /// Removes every entry, keeping the allocated slots.
+    pub fn clear(&mut self) {
+        self.groups.fill(Group::EMPTY);
+        self.values.iter_mut().for_each(|value| *value = None);
+        self.keys.clear();
+        self.dead_key_bytes = 0;
+        self.len = 0;
+        self.tombstones = 0;
+    }
+
+    /// Returns an iterator over `(key, value)` pairs in slot order.
+    pub fn iter(&self) -> Iter<'_, V> {
+        Iter {
+            table: self,
+            slot: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn hash(&self, key: &[u8]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(key);
+        hasher.finish()
+    }
+
+    /// Returns the slot of `key`, if present, and the collisions counted on
+    /// the way.
+    #[inline(always)]
+    fn find(&self, key: &[u8], hash: u64) -> (Option<usize>, u64) {
+        if key.len() > MAX_KEY_LEN {
+            return (None, 0);
+        }
+        let tag = tag_of(hash);
+        let mask = self.groups.len() - 1;
+        let mut group_index = hash as usize & mask;
+        let mut collisions = 0u64;
+        for stride in 1..=self.groups.len() {
+            let group = &self.groups[group_index];
+            let mut matches = group.match_tag(tag);
+            while matches != 0 {
+                let i = matches.trailing_zeros() as usize;
+                matches &= matches - 1;
+                if usize::from(group.key_lens[i]) == key.len() {
+                    let offset = group.key_offsets[i] as usize;
+                    if &self.keys[offset..offset + key.len()] == key {
+                        return (Some(group_index * GROUP_WIDTH + i), collisions);
+                    }
+                }
+                collisions += 1;
+            }
+            if group.match_tag(EMPTY) != 0 {
+                break;
+            }
+            group_index = (group_index + stride) & mask;
+            collisions += 1;
+        }
+        (None, collisions)
+    }
+
+    /// Writes the tag, length and offset of a new key into the first free
+    /// slot on its probe sequence and returns that slot. The caller has made
+    /// sure a free slot exists.
+    fn place(&mut self, hash: u64, key_len: u16, offset: u32) -> usize {
+        let mask = self.groups.len() - 1;
+        let mut group_index = hash as usize & mask;
+        let mut stride = 1;
+        loop {
+            let group = &mut self.groups[group_index];
+            let free = group.match_free();
+            if free != 0 {
+                let i = free.trailing_zeros() as usize;
+                if group.tags[i] == DELETED {
+                    self.tombstones -= 1;
+                }
+                group.tags[i] = tag_of(hash);
+                group.key_lens[i] = key_len;
+                group.key_offsets[i] = offset;
+                return group_index * GROUP_WIDTH + i;
+            }
+            group_index = (group_index + stride) & mask;
+            stride += 1;
+        }
+    }
+
+    /// Makes room for one more entry: doubles the slots when live entries
+    /// fill more than half of the growth limit, otherwise rebuilds at the
+    /// same size to clear tombstones.
+    fn reserve_one(&mut self) {
+        let group_count = if (self.len + 1) * 2 > self.growth_limit {
+            group_count_for(self.len + 1, self.max_load_factor).max(self.groups.len() * 2)
+        } else {
+            self.groups.len()
+        };
+        self.rebuild(group_count);
+    }
+
+    /// Rehashes every live entry into `group_count` fresh groups and a
+    /// compacted key arena.
+    fn rebuild(&mut self, group_count: usize) {
+        let old_groups = std::mem::replace(
+            &mut self.groups,
+            vec![Group::EMPTY; group_count].into_boxed_slice(),
+        );
+        let mut old_values =
+            std::mem::replace(&mut self.values, empty_values(group_count * GROUP_WIDTH));
+        let live_key_bytes = self.keys.len() - self.dead_key_bytes;
+        let old_keys = std::mem::replace(&mut self.keys, Vec::with_capacity(live_key_bytes));
+        self.tombstones = 0;
+        self.dead_key_bytes = 0;
+        self.growth_limit = growth_limit(group_count, self.max_load_factor);
+        for (group_index, group) in old_groups.iter().enumerate() {
+            for i in 0..GROUP_WIDTH {
+                if group.tags[i] <= DELETED {
+                    continue;
+                }
+                let start = group.key_offsets[i] as usize;
+                let key = &old_keys[start..start + usize::from(group.key_lens[i])];
+                let offset = self.keys.len() as u32;
+                self.keys.extend_from_slice(key);
+                let slot = self.place(self.hash(key), group.key_lens[i], offset);
+                self.values[slot] = old_values[group_index * GROUP_WIDTH + i].take();
+            }
+        }
+    }
+}
+
+impl<V> Default for Fit<V> {
+    /// Creates an empty table with room for 8 entries at load factor 0.875.
+    fn default() -> Self {
+        Self::with_capacity(0, 0.875)
+    }
+}
+
+impl<V> fmt::Debug for Fit<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fit")
+            .field("len", &self.len)
+            .field("slots", &self.slots())
+            .field("tombstones", &self.tombstones)
+            .field("max_load_factor", &self.max_load_factor)
+            .field("counting", &self.counting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, V> IntoIterator for &'a Fit<V> {
+    type Item = (&'a [u8], &'a V);
+    type IntoIter = Iter<'a, V>;
+
+    fn into_iter(self) -> Iter<'a, V> {
+        self.iter()
+    }
+}
+
+impl<K: AsRef<[u8]>, V> FromIterator<(K, V)> for Fit<V> {
+    /// Builds a table at load factor 0.875 sized for the iterator's entries.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let entries = entries.into_iter();
+        let mut table = Fit::with_capacity(entries.size_hint().0, 0.875);
+        for (key, value) in entries {
+            table.insert(key.as_ref(), value);
+        }
+        table
+    }
+}
+
+/// Iterator over the entries of a [`Fit`], from [`Fit::iter`].
+pub struct Iter<'a, V> {
+    table: &'a Fit<V>,
+    slot: usize,
+}
+
+impl<'a, V> Iterator for Iter<'a, V> {
+    type Item = (&'a [u8], &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let table = self.table;
+        while self.slot < table.values.len() {
+            let slot = self.slot;
+            self.slot += 1;
+            if let Some(value) = &table.values[slot] {
+                let group = &table.groups[slot / GROUP_WIDTH];
+                let start = group.key_offsets[slot % GROUP_WIDTH] as usize;
+                let len = usize::from(group.key_lens[slot % GROUP_WIDTH]);
+                return Some((&table.keys[start..start + len], value));
+            }
+        }
+        None
+    }
+}
+
+/// Returns the tag of a hash: its top 16 bits, moved out of the two marker
+/// values.
+#[inline(always)]
+fn tag_of(hash: u64) -> u16 {
+    ((hash >> 48) as u16).max(DELETED + 1)
+}
+
+/// Returns the power-of-two group count that holds `capacity` entries at
+/// `load_factor`.
+fn group_count_for(capacity: usize, load_factor: f64) -> usize {
+    let slots = (capacity as f64 / load_factor).ceil() as usize;
+    slots
+        .div_ceil(GROUP_WIDTH)
+        .max(1)
+        .checked_next_power_of_two()
+        .expect("FIT capacity overflows the slot count")
+}
+
+fn growth_limit(group_count: usize, load_factor: f64) -> usize {
+    let slots = group_count * GROUP_WIDTH;
+    ((slots as f64 * load_factor) as usize).min(slots - 1)
+}
+
+fn empty_values<V>(slots: usize) -> Box<[Option<V>]> {
+    std::iter::repeat_with(|| None).take(slots).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Group>(), 64);
+        assert_eq!(std::mem::align_of::<Group>(), 64);
+    }
+
+    #[test]
+    fn tag_avoids_markers() {
+        assert_eq!(tag_of(0), 2);
+        assert_eq!(tag_of(1 << 48), 2);
+        assert_eq!(tag_of(0xabcd << 48), 0xabcd);
+    }
+
+    #[test]
+    fn growth_doubles_slots() {
+        let mut table = Fit::with_capacity(8, 0.875);
+        assert_eq!(table.slots(), 16);
+        for i in 0..1000u32 {
+            table.insert(format!("key-{i}").as_bytes(), i);
+            assert!(
+                table.load_factor() <= 0.875,
+                "load factor after {i} inserts"
+            );
+        }
+        assert_eq!(table.len(), 1000);
+        assert_eq!(table.slots(), 2048);
+        for i in 0..1000u32 {
+            assert_eq!(table.get(format!("key-{i}").as_bytes()), Some(&i));
+        }
+    }
+
+    #[test]
+    fn capacity_avoids_rebuild() {
+        let mut table = Fit::with_capacity(1000, 0.5);
+        let slots = table.slots();
+        assert!(slots as f64 * 0.5 >= 1000.0);
+        for i in 0..1000u32 {
+            table.insert(&i.to_le_bytes(), i);
+        }
+        assert_eq!(table.slots(), slots);
+    }
+
+    #[test]
+    fn tombstones_are_reused_and_cleared() {
+        let mut table = Fit::with_capacity(64, 0.875);
+        let slots = table.slots();
+        for round in 0..50u32 {
+            for i in 0..40u32 {
+                table.insert(format!("r{round}-{i}").as_bytes(), i);
+            }
+            for i in 0..40u32 {
+                assert_eq!(table.remove(format!("r{round}-{i}").as_bytes()), Some(i));
+            }
+        }
+        assert!(table.is_empty());
+        assert_eq!(
+            table.slots(),
+            slots,
+            "churn at constant size must not grow the table"
+        );
+        assert!(
+            table.stats().key_arena_bytes < 8192,
+            "dead key bytes are reclaimed"
+        );
+    }
+
+    #[test]
+    fn counters_count_operations_and_collisions() {
+        // One group of eight slots at load factor 0.875 holds seven keys, so
+        // every tag match on a wrong key or probe past the home group shows.
+        let mut table = Fit::with_capacity(7, 0.875);
+        assert_eq!(table.slots(), 8);
+        for i in 0..7u8 {
+            table.insert(&[i], i);
+        }
+        let before = table.stats();
+        assert_eq!(before.operations, 7);
+        assert_eq!(
+            before.collisions, 0,
+            "a single group has no probe past home"
+        );
+        table.get(&[3]);
+        table.get(b"missing");
+        assert_eq!(table.stats().operations, 9);
+
+        table.set_counting(false);
+        table.get(&[3]);
+        assert_eq!(table.stats().operations, 9, "uncounted lookup");
+
+        let mut tally = FitTally::default();
+        table.get_tallied(&[1], &mut tally);
+        table.get_tallied(&[2], &mut tally);
+        assert_eq!(tally.operations, 2);
+        table.counters().absorb(&mut tally);
+        assert_eq!(tally, FitTally::default());
+        assert_eq!(table.stats().operations, 11);
+    }
+
+    #[test]
+    fn probe_past_home_counts_collision() {
+        // Two groups hold 15 keys. The group with more than eight home keys
+        // overflows into the other one, and each overflowed key must report
+        // at least one collision when looked up.
+        let mut table = Fit::with_capacity(14, 0.9375);
+        assert_eq!(table.slots(), 16);
+        for i in 0..15u8 {
+            table.insert(&[i], i);
+        }
+        let mut homes = [0usize; 2];
+        let mut displaced = 0;
+        for i in 0..15u8 {
+            let hash = table.hash(&[i]);
+            let home = hash as usize & 1;
+            homes[home] += 1;
+            let (slot, collisions) = table.find(&[i], hash);
+            let slot = slot.expect("inserted key is found");
+            if slot / GROUP_WIDTH != home {
+                displaced += 1;
+                assert!(collisions >= 1, "key {i} outside its home group");
+            }
+        }
+        let overflow: usize = homes.iter().map(|&n| n.saturating_sub(GROUP_WIDTH)).sum();
+        assert_eq!(displaced, overflow);
+    }
+
+    #[test]
+    fn clones_share_counters() {
+        let mut table = Fit::with_capacity(4, 0.5);
+        table.insert(b"a", 1);
+        let copy = table.clone();
+        copy.get(b"a");
+        assert_eq!(table.stats().operations, 2);
+        let mut fresh: Fit<i32> = Fit::with_capacity(4, 0.5);
+        fresh.set_counters(Arc::clone(table.counters()));
+        fresh.get(b"a");
+        assert_eq!(table.stats().operations, 3);
+    }
+
+    #[test]
+    fn empty_and_long_keys() {
+        let mut table = Fit::default();
+        assert_eq!(table.insert(b"", 1), None);
+        assert_eq!(table.insert(b"", 2), Some(1));
+        let long = vec![b'x'; MAX_KEY_LEN];
+        table.insert(&long, 3);
+        assert_eq!(table.get(b""), Some(&2));
+        assert_eq!(table.get(&long), Some(&3));
+        let too_long = vec![b'x'; MAX_KEY_LEN + 1];
+        assert_eq!(table.get(&too_long), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid FIT load factor")]
+    fn load_factor_one_panics() {
+        let _ = Fit::<u8>::with_capacity(8, 1.0);
+    }
+
+    #[test]
+    fn memory_per_entry_is_small() {
+        let mut table = Fit::with_capacity(100_000, 0.875);
+        for i in 0..100_000u32 {
+            table.insert(format!("tenant-{i:08}.example").as_bytes(), i);
+        }
+        let per_entry = table.heap_bytes() as f64 / table.len() as f64;
+        assert!(per_entry < 100.0, "{per_entry} heap bytes per 23-byte key");
+    }
+}
