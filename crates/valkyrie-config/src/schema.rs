@@ -1,15 +1,15 @@
 //! The configuration file's sections and keys, with their defaults.
 //!
-//! Every struct here denies unknown fields through the validator, which walks
-//! the TOML document before serde sees it, so the hint for a misplaced key can
-//! name the section it belongs to.
+//! Unknown keys are rejected by the validator, which walks the TOML document
+//! before serde sees it, so that the hint for a misplaced key can name the
+//! section it belongs to. `docs/configuration.md` documents every key.
 
 use serde::Deserialize;
 
 use crate::units::{ByteSize, Duration, Rate};
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -25,21 +25,12 @@ pub struct Config {
     pub key_tables: Vec<KeyTableConfig>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            metrics: MetricsConfig::default(),
-            admin: AdminConfig::default(),
-            logging: LoggingConfig::default(),
-            routing: RoutingConfig::default(),
-            performance: PerformanceConfig::default(),
-            security: SecurityConfig::default(),
-            redis: None,
-            upstreams: Vec::new(),
-            routes: Vec::new(),
-            key_tables: Vec::new(),
-        }
+impl Config {
+    /// Returns the configuration used when no file is given: the defaults of
+    /// every section, no upstreams, routes or key tables. Same as
+    /// [`Config::default`].
+    pub fn builtin_default() -> Config {
+        Config::default()
     }
 }
 
@@ -621,4 +612,3 @@ pub struct KeyTableConfig {
     #[serde(default)]
     pub default_upstream: Option<String>,
 }
-

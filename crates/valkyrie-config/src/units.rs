@@ -29,23 +29,72 @@ pub struct UnitError {
     pub expected: &'static str,
 }
 
-pub const DURATION_FORM: &str = "a number with a unit, such as \"500ms\", \"82us\", \"10s\", \"5m\" or \"1h\"";
+pub const DURATION_FORM: &str =
+    "a number with a unit, such as \"500ms\", \"82us\", \"10s\", \"5m\" or \"1h\"";
 pub const SIZE_FORM: &str = "a number with a unit, such as \"64KB\", \"512MB\" or \"4GB\"";
-pub const RATE_FORM: &str = "a count per unit of time, such as \"100/sec\", \"1000/min\" or \"5000/hour\"";
+pub const RATE_FORM: &str =
+    "a count per unit of time, such as \"100/sec\", \"1000/min\" or \"5000/hour\"";
 
-fn split_number(text: &str) -> Option<(f64, &str)> {
+/// A decimal number split into its digits: `"1.25"` is `("1", "25")`.
+struct Decimal<'a> {
+    integer: &'a str,
+    fraction: &'a str,
+}
+
+/// Splits `text` into a decimal number and the unit after it. The number
+/// needs at least one digit before an optional fraction; spaces may surround
+/// the unit.
+fn split_number(text: &str) -> Option<(Decimal<'_>, &str)> {
     let text = text.trim();
-    let end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+    let integer_end = text
+        .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
-    if end == 0 {
+    if integer_end == 0 {
         return None;
     }
-    let number: f64 = text[..end].parse().ok()?;
-    if !number.is_finite() || number < 0.0 {
+    let integer = &text[..integer_end];
+    let rest = &text[integer_end..];
+    let Some(after_dot) = rest.strip_prefix('.') else {
+        return Some((
+            Decimal {
+                integer,
+                fraction: "",
+            },
+            rest.trim(),
+        ));
+    };
+    let fraction_end = after_dot
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after_dot.len());
+    if fraction_end == 0 {
         return None;
     }
-    Some((number, text[end..].trim()))
+    let fraction = &after_dot[..fraction_end];
+    Some((
+        Decimal { integer, fraction },
+        after_dot[fraction_end..].trim(),
+    ))
+}
+
+impl Decimal<'_> {
+    /// Returns the number times `multiplier` when the product is a whole
+    /// number that fits in a `u64`, computed without rounding.
+    fn scale(&self, multiplier: u64) -> Option<u64> {
+        let multiplier = u128::from(multiplier);
+        let integer: u128 = self.integer.parse().ok()?;
+        let mut whole = integer.checked_mul(multiplier)?;
+        if !self.fraction.is_empty() {
+            let digits = u32::try_from(self.fraction.len()).ok()?;
+            let denominator = 10u128.checked_pow(digits)?;
+            let numerator: u128 = self.fraction.parse().ok()?;
+            let scaled = numerator.checked_mul(multiplier)?;
+            if scaled % denominator != 0 {
+                return None;
+            }
+            whole = whole.checked_add(scaled / denominator)?;
+        }
+        u64::try_from(whole).ok()
+    }
 }
 
 impl FromStr for Duration {
@@ -58,21 +107,18 @@ impl FromStr for Duration {
             expected: DURATION_FORM,
         };
         let (number, unit) = split_number(text).ok_or_else(error)?;
-        let nanos_per_unit: f64 = match unit {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" | "sec" => 1e9,
-            "m" | "min" => 60e9,
-            "h" | "hour" => 3600e9,
-            "d" | "day" => 86_400e9,
+        let nanos_per_unit: u64 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" | "sec" => 1_000_000_000,
+            "m" | "min" => 60_000_000_000,
+            "h" | "hour" => 3_600_000_000_000,
+            "d" | "day" => 86_400_000_000_000,
             _ => return Err(error()),
         };
-        let nanos = number * nanos_per_unit;
-        if nanos > u64::MAX as f64 {
-            return Err(error());
-        }
-        Ok(Duration(std::time::Duration::from_nanos(nanos as u64)))
+        let nanos = number.scale(nanos_per_unit).ok_or_else(error)?;
+        Ok(Duration(std::time::Duration::from_nanos(nanos)))
     }
 }
 
@@ -86,23 +132,20 @@ impl FromStr for ByteSize {
             expected: SIZE_FORM,
         };
         let (number, unit) = split_number(text).ok_or_else(error)?;
-        let multiplier: f64 = match unit.to_ascii_uppercase().as_str() {
-            "" | "B" => 1.0,
-            "KB" | "K" => 1e3,
-            "MB" | "M" => 1e6,
-            "GB" | "G" => 1e9,
-            "TB" | "T" => 1e12,
-            "KIB" => 1024.0,
-            "MIB" => 1024.0 * 1024.0,
-            "GIB" => 1024.0 * 1024.0 * 1024.0,
-            "TIB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        let multiplier: u64 = match unit.to_ascii_uppercase().as_str() {
+            "" | "B" => 1,
+            "KB" | "K" => 1_000,
+            "MB" | "M" => 1_000_000,
+            "GB" | "G" => 1_000_000_000,
+            "TB" | "T" => 1_000_000_000_000,
+            "KIB" => 1 << 10,
+            "MIB" => 1 << 20,
+            "GIB" => 1 << 30,
+            "TIB" => 1 << 40,
             _ => return Err(error()),
         };
-        let bytes = number * multiplier;
-        if bytes > u64::MAX as f64 {
-            return Err(error());
-        }
-        Ok(ByteSize(bytes as u64))
+        let bytes = number.scale(multiplier).ok_or_else(error)?;
+        Ok(ByteSize(bytes))
     }
 }
 
@@ -116,7 +159,11 @@ impl FromStr for Rate {
             expected: RATE_FORM,
         };
         let (count, unit) = text.split_once('/').ok_or_else(error)?;
-        let count: u64 = count.trim().parse().map_err(|_| error())?;
+        let count = count.trim();
+        if count.is_empty() || !count.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(error());
+        }
+        let count: u64 = count.parse().map_err(|_| error())?;
         let seconds = match unit.trim() {
             "s" | "sec" | "second" => 1,
             "m" | "min" | "minute" => 60,
@@ -157,13 +204,35 @@ impl fmt::Display for Duration {
 }
 
 impl fmt::Display for ByteSize {
+    /// Writes the size with the largest unit that divides it exactly, so that
+    /// parsing the output gives the same size: `65536` is `"64KiB"`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}B", self.0)
+        const UNITS: [(u64, &str); 8] = [
+            (1 << 40, "TiB"),
+            (1_000_000_000_000, "TB"),
+            (1 << 30, "GiB"),
+            (1_000_000_000, "GB"),
+            (1 << 20, "MiB"),
+            (1_000_000, "MB"),
+            (1 << 10, "KiB"),
+            (1_000, "KB"),
+        ];
+        let bytes = self.0;
+        if bytes > 0 {
+            for (size, unit) in UNITS {
+                if bytes % size == 0 {
+                    return write!(f, "{}{unit}", bytes / size);
+                }
+            }
+        }
+        write!(f, "{bytes}B")
     }
 }
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // NOTE: a `Rate` built by hand with another period has no unit in
+        // the file syntax; it is written per day.
         let unit = match self.per.as_secs() {
             1 => "sec",
             60 => "min",
@@ -223,11 +292,20 @@ mod tests {
 
     #[test]
     fn duration_units() {
-        assert_eq!("82us".parse::<Duration>().unwrap(), Duration::from_micros(82));
+        assert_eq!(
+            "82us".parse::<Duration>().unwrap(),
+            Duration::from_micros(82)
+        );
         assert_eq!("5ms".parse::<Duration>().unwrap(), Duration::from_millis(5));
-        assert_eq!("600s".parse::<Duration>().unwrap(), Duration::from_secs(600));
+        assert_eq!(
+            "600s".parse::<Duration>().unwrap(),
+            Duration::from_secs(600)
+        );
         assert_eq!("2m".parse::<Duration>().unwrap(), Duration::from_secs(120));
-        assert_eq!("1.5s".parse::<Duration>().unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            "1.5s".parse::<Duration>().unwrap(),
+            Duration::from_millis(1500)
+        );
     }
 
     #[test]
