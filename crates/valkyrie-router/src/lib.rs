@@ -1,9 +1,29 @@
 //! The route model compiled from configuration and the matcher that maps a
 //! request (host, path, method, headers) to a route and its upstream.
+//!
+//! [`RouteTable`] describes the match order, [`normalize_path`] the path
+//! normalization applied before matching, and [`never_matching_routes`] the
+//! check for unreachable routes. `docs/routing.md` is the user guide.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use valkyrie_config::{Config, Duration, Rate};
+
+mod compile;
+mod conditions;
+mod index;
+mod normalize;
+mod shadow;
+
+pub use conditions::{
+    HeaderCondition, HeaderRegex, HeaderValueMatch, HostPattern, HostRank, PathPattern, PathRank,
+    PathRegex, Specificity,
+};
+pub use normalize::normalize_path;
+pub use shadow::never_matching_routes;
+
+use index::{HostIndex, Probe, RouteId};
 
 /// What the matcher needs to know about a request. The host has its port
 /// already removed or not; the matcher ignores a port either way.
@@ -33,17 +53,98 @@ pub struct Route {
     pub index: usize,
     pub name: Arc<str>,
     pub target: RouteTarget,
+    /// Prefix removed from the normalized path before forwarding, itself
+    /// normalized like request paths.
     pub strip_prefix: Option<String>,
     pub timeout: Option<Duration>,
     pub retry_non_idempotent: bool,
     pub rate_limit: Option<Rate>,
     pub rate_limit_burst: Option<u32>,
+    pub host: HostPattern,
+    pub path: PathPattern,
+    /// Accepted methods, uppercased from the config; empty accepts any.
+    pub methods: Vec<http::Method>,
+    /// Header conditions; all of them must hold.
+    pub headers: Vec<HeaderCondition>,
+}
+
+impl Route {
+    /// The rank of this route in match order; see [`RouteTable`].
+    pub fn specificity(&self) -> Specificity {
+        Specificity {
+            host: self.host.rank(),
+            path: self.path.rank(),
+            header_conditions: self.headers.len(),
+            method_restricted: !self.methods.is_empty(),
+        }
+    }
+
+    /// Checks the method and header conditions.
+    fn accepts(&self, method: &http::Method, headers: &http::HeaderMap) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && self
+                .headers
+                .iter()
+                .all(|condition| condition.matches(headers))
+    }
 }
 
 /// The result of matching one request.
-#[derive(Clone, Copy, Debug)]
+///
+/// The lifetime covers both the table and the request, because `path`
+/// borrows the request's path when normalization leaves it unchanged. To keep
+/// the route after the request is gone, clone what is needed from it or
+/// remember `route.index`.
+#[derive(Clone, Debug)]
 pub struct RouteMatch<'a> {
     pub route: &'a Route,
+    /// The request path after [`normalize_path`], which the route was
+    /// matched against.
+    pub path: Cow<'a, str>,
+}
+
+impl RouteMatch<'_> {
+    /// The path to send upstream: the normalized path with the route's
+    /// `strip_prefix` removed when the path starts with it, and always with
+    /// a leading `/`. The query is not included.
+    ///
+    /// ```
+    /// let config: valkyrie_config::Config = toml::from_str(r#"
+    ///     [[upstreams]]
+    ///     name = "api"
+    ///     endpoints = ["127.0.0.1:9001"]
+    ///
+    ///     [[routes]]
+    ///     name = "api"
+    ///     path_prefix = "/api/"
+    ///     strip_prefix = "/api"
+    ///     upstream = "api"
+    /// "#).unwrap();
+    /// let table = valkyrie_router::RouteTable::build(&config).unwrap();
+    /// let headers = http::HeaderMap::new();
+    /// let request = valkyrie_router::RequestInfo {
+    ///     host: None,
+    ///     path: "/api/./users/%7Ebob",
+    ///     query: None,
+    ///     method: &http::Method::GET,
+    ///     headers: &headers,
+    /// };
+    /// let matched = table.route(&request).unwrap();
+    /// assert_eq!(matched.path, "/api/users/~bob");
+    /// assert_eq!(matched.upstream_path(), "/users/~bob");
+    /// ```
+    pub fn upstream_path(&self) -> Cow<'_, str> {
+        let path: &str = &self.path;
+        let Some(prefix) = self.route.strip_prefix.as_deref() else {
+            return Cow::Borrowed(path);
+        };
+        match path.strip_prefix(prefix) {
+            None => Cow::Borrowed(path),
+            Some("") => Cow::Borrowed("/"),
+            Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
+            Some(rest) => Cow::Owned(format!("/{rest}")),
+        }
+    }
 }
 
 /// A config whose routes cannot be compiled.
@@ -54,23 +155,203 @@ pub enum BuildError {
 }
 
 /// The compiled, immutable routing table.
+///
+/// # Match order
+///
+/// A request is matched against the normalized host (ASCII lowercase, port
+/// and trailing dot removed) and the normalized path (see
+/// [`normalize_path`]). Of the routes whose conditions all hold, the one with
+/// the greatest [`Specificity`] wins, and among routes of equal specificity
+/// the one that comes first in `[[routes]]`. Specificity compares, in order:
+///
+/// 1. host: an exact host, then wildcards with more labels
+///    (`*.eu.example.com`), then wildcards with fewer (`*.example.com`), then
+///    routes without a host;
+/// 2. path: `path_exact`, then `path_prefix` with the longer prefix first,
+///    then `path_regex`, then routes without a path condition;
+/// 3. more header conditions first;
+/// 4. routes that list methods before routes that accept any method.
+///
+/// The order is total: two different routes always differ in specificity or
+/// in config position, so each request has exactly one answer.
+///
+/// The host decides first, so an exact host with no path condition beats a
+/// catch-all host with an exact path:
+///
+/// ```
+/// use valkyrie_router::{RequestInfo, RouteTable};
+///
+/// let config: valkyrie_config::Config = toml::from_str(r#"
+///     [[upstreams]]
+///     name = "app"
+///     endpoints = ["127.0.0.1:9001"]
+///
+///     [[routes]]
+///     name = "any-host-admin"
+///     path_exact = "/admin"
+///     upstream = "app"
+///
+///     [[routes]]
+///     name = "wildcard"
+///     host = "*.example.com"
+///     upstream = "app"
+///
+///     [[routes]]
+///     name = "api-host"
+///     host = "api.example.com"
+///     upstream = "app"
+///
+///     [[routes]]
+///     name = "api-v1"
+///     host = "api.example.com"
+///     path_prefix = "/v1/"
+///     upstream = "app"
+///
+///     [[routes]]
+///     name = "api-v1-users"
+///     host = "api.example.com"
+///     path_prefix = "/v1/users"
+///     upstream = "app"
+/// "#).unwrap();
+/// let table = RouteTable::build(&config).unwrap();
+///
+/// let headers = http::HeaderMap::new();
+/// let route = |host: Option<&str>, path: &str| {
+///     let request = RequestInfo {
+///         host,
+///         path,
+///         query: None,
+///         method: &http::Method::GET,
+///         headers: &headers,
+///     };
+///     table.route(&request).map(|matched| matched.route.name.to_string())
+/// };
+///
+/// // Exact host over wildcard over any host, whatever the path.
+/// assert_eq!(route(Some("API.example.com:8443"), "/admin").as_deref(), Some("api-host"));
+/// assert_eq!(route(Some("www.example.com"), "/admin").as_deref(), Some("wildcard"));
+/// assert_eq!(route(Some("example.com"), "/admin").as_deref(), Some("any-host-admin"));
+/// assert_eq!(route(None, "/other"), None);
+///
+/// // Within a host, the longest prefix wins.
+/// assert_eq!(route(Some("api.example.com"), "/v1/users/7").as_deref(), Some("api-v1-users"));
+/// assert_eq!(route(Some("api.example.com"), "/v1/orders").as_deref(), Some("api-v1"));
+///
+/// // Matching runs on the normalized path.
+/// assert_eq!(route(Some("api.example.com"), "/v1/x/%2E%2E/users").as_deref(), Some("api-v1-users"));
+/// ```
+///
+/// Header conditions and method lists break ties between routes with the
+/// same host and path; config order breaks the remaining ties:
+///
+/// ```
+/// use valkyrie_router::{RequestInfo, RouteTable};
+///
+/// let config: valkyrie_config::Config = toml::from_str(r#"
+///     [[upstreams]]
+///     name = "app"
+///     endpoints = ["127.0.0.1:9001"]
+///
+///     [[routes]]
+///     name = "plain"
+///     path_prefix = "/"
+///     upstream = "app"
+///
+///     [[routes]]
+///     name = "plain-again"
+///     path_prefix = "/"
+///     upstream = "app"
+///
+///     [[routes]]
+///     name = "writes"
+///     path_prefix = "/"
+///     methods = ["POST", "PUT"]
+///     upstream = "app"
+///
+///     [[routes]]
+///     name = "canary"
+///     path_prefix = "/"
+///     headers = [{ name = "x-canary", value = "1" }]
+///     upstream = "app"
+/// "#).unwrap();
+/// let table = RouteTable::build(&config).unwrap();
+///
+/// let route = |method: http::Method, canary: bool| {
+///     let mut headers = http::HeaderMap::new();
+///     if canary {
+///         headers.insert("x-canary", http::HeaderValue::from_static("1"));
+///     }
+///     let request = RequestInfo {
+///         host: None,
+///         path: "/x",
+///         query: None,
+///         method: &method,
+///         headers: &headers,
+///     };
+///     table.route(&request).map(|matched| matched.route.name.to_string())
+/// };
+///
+/// // A header condition outranks a method list.
+/// assert_eq!(route(http::Method::POST, true).as_deref(), Some("canary"));
+/// assert_eq!(route(http::Method::POST, false).as_deref(), Some("writes"));
+/// // `plain` and `plain-again` are equally specific: the first one wins.
+/// assert_eq!(route(http::Method::GET, false).as_deref(), Some("plain"));
+/// ```
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    index: HostIndex,
 }
 
 impl RouteTable {
-    /// Compiles the routes of a validated config.
-    pub fn build(_config: &Config) -> Result<RouteTable, BuildError> {
-        unimplemented!("route compilation is not written yet")
+    /// Compiles the routes of a config. Every check the matcher relies on is
+    /// made here, so an unvalidated config yields an error naming the route,
+    /// never a panic.
+    pub fn build(config: &Config) -> Result<RouteTable, BuildError> {
+        let routes = compile::compile_routes(config)?;
+        if let Some(route) = routes.get(RouteId::MAX as usize) {
+            return Err(BuildError::Route {
+                route: route.name.to_string(),
+                message: format!("too many routes: at most {} are supported", RouteId::MAX),
+            });
+        }
+        let index = HostIndex::build(&routes);
+        Ok(RouteTable { routes, index })
     }
 
     /// Finds the route for a request, or `None` when nothing matches.
-    pub fn route(&self, _request: &RequestInfo<'_>) -> Option<RouteMatch<'_>> {
-        unimplemented!("route matching is not written yet")
+    ///
+    /// Does not allocate unless the path needs normalization or the host is
+    /// longer than 256 bytes and contains uppercase letters.
+    pub fn route<'a>(&'a self, request: &RequestInfo<'a>) -> Option<RouteMatch<'a>> {
+        let path = normalize_path(request.path);
+        let probe = Probe {
+            routes: &self.routes,
+            path: &path,
+            method: request.method,
+            headers: request.headers,
+        };
+
+        let found = match request.host {
+            Some(host) => {
+                normalize::with_host_key(host, |host| self.index.find(Some(host), &probe))
+            }
+            None => self.index.find(None, &probe),
+        }?;
+        Some(RouteMatch {
+            route: &self.routes[found as usize],
+            path,
+        })
     }
 
+    /// The compiled routes in config order; `routes()[i].index == i`.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Lists unreachable routes like [`never_matching_routes`], for a table
+    /// that is already built.
+    pub fn never_matching_routes(&self) -> Vec<(usize, usize)> {
+        shadow::shadowed_routes(&self.routes)
     }
 }
