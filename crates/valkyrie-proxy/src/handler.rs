@@ -224,7 +224,7 @@ async fn proxy(
             (
                 found.route.name.clone(),
                 found.route.target.clone(),
-                found_upstream_path(&found, info.path),
+                found.upstream_path().into_owned(),
             )
         })
     };
@@ -791,9 +791,4 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-// Placeholder until the router returns the normalized upstream path.
-fn found_upstream_path(_found: &valkyrie_router::RouteMatch<'_>, path: &str) -> String {
-    path.to_string()
 }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod error;
+pub mod framing;
 mod handler;
 pub mod headers;
 pub mod net;

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::framing::RequestFramer;
 use crate::handler::{handle, ConnContext};
 use crate::headers::ClientInfo;
 use crate::state::{ListenerKind, ProxyState};
@@ -113,11 +114,14 @@ fn inspect(activity: &ConnActivity) -> Verdict {
 }
 
 pin_project_lite::pin_project! {
-    /// A socket that counts the bytes read from it.
+    /// A socket that counts the bytes read from it and checks the request
+    /// framing before hyper sees the bytes.
     struct ActivityIo {
         #[pin]
         inner: TcpStream,
         activity: Arc<ConnActivity>,
+        framer: RequestFramer,
+        rejected: bool,
     }
 }
 
@@ -128,6 +132,10 @@ impl AsyncRead for ActivityIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if *this.rejected {
+            // The invalid byte went out already and hyper is answering 400.
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         let read = buf.filled().len() - before;
@@ -135,6 +143,17 @@ impl AsyncRead for ActivityIo {
             this.activity
                 .bytes_read
                 .fetch_add(read as u64, Ordering::Relaxed);
+            if let Some(offset) = this.framer.scan(&buf.filled()[before..]) {
+                // Hand hyper the bytes before the offending line and then a
+                // NUL, which no request head or chunk line may contain, so
+                // hyper's parser fails there and answers 400. The line end
+                // after it keeps httparse from waiting for more bytes.
+                buf.set_filled(before + offset);
+                let marker = b"\0\r\n\r\n";
+                let room = buf.remaining().min(marker.len());
+                buf.put_slice(&marker[..room]);
+                *this.rejected = true;
+            }
         }
         polled
     }
@@ -298,6 +317,8 @@ async fn serve_connection(
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
+        framer: RequestFramer::new(),
+        rejected: false,
     });
     let service = service_fn(move |request| handle(context.clone(), request));
 

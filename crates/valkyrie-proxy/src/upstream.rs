@@ -303,8 +303,8 @@ mod tests {
     use valkyrie_config::EndpointConfig;
 
     fn config(balance: BalanceStrategy, endpoints: &[(&str, u32)]) -> UpstreamConfig {
-        let text = format!("name = \"u\"\nendpoints = []\n");
-        let mut config: UpstreamConfig = toml::from_str(&text).unwrap();
+        let text = "name = \"u\"\nendpoints = []\n";
+        let mut config: UpstreamConfig = toml::from_str(text).unwrap();
         config.balance = balance;
         config.endpoints = endpoints
             .iter()

@@ -1,1 +1,26 @@
-fn main() {}
+//! The `valkyrie-routing` binary: command line, wiring of the data plane,
+//! built-in endpoints, signals, logging and the demo.
+
+mod builtins;
+mod cli;
+mod demo;
+mod logging;
+mod metrics;
+mod service;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        Some(cli::Command::Demo(args)) => demo::run(args),
+        None => {
+            if let Some(path) = &cli.validate_config {
+                return cli::validate_config(path);
+            }
+            service::run_from_file(&cli.config)
+        }
+    }
+}
