@@ -256,20 +256,26 @@ impl Cidr {
     }
 
     /// Returns whether `address` lies in the range. An IPv4-mapped IPv6
-    /// address (`::ffff:10.0.0.1`) is compared as the IPv4 address it maps.
+    /// address (`::ffff:10.0.0.1`) and the IPv4 address it maps are treated
+    /// as the same address, because a dual-stack socket reports either.
     pub fn contains(&self, address: IpAddr) -> bool {
-        let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(address),
-            IpAddr::V4(_) => address,
-        };
         match (self.network, address) {
             (IpAddr::V4(network), IpAddr::V4(address)) => {
                 mask_v4(u32::from(address), self.prefix_len) == u32::from(network)
             }
             (IpAddr::V6(network), IpAddr::V6(address)) => {
                 mask_v6(u128::from(address), self.prefix_len) == u128::from(network)
+                    || address
+                        .to_ipv4_mapped()
+                        .is_some_and(|mapped| self.contains(IpAddr::V4(mapped)))
             }
-            _ => false,
+            (IpAddr::V4(_), IpAddr::V6(address)) => address
+                .to_ipv4_mapped()
+                .is_some_and(|mapped| self.contains(IpAddr::V4(mapped))),
+            (IpAddr::V6(network), IpAddr::V4(address)) => {
+                let mapped = address.to_ipv6_mapped();
+                mask_v6(u128::from(mapped), self.prefix_len) == u128::from(network)
+            }
         }
     }
 }
@@ -428,6 +434,10 @@ mod tests {
         assert!(range.contains("10.200.1.1".parse().unwrap()));
         assert!(!range.contains("11.0.0.1".parse().unwrap()));
         assert!(range.contains("::ffff:10.0.0.1".parse().unwrap()));
+
+        let mapped: Cidr = "::ffff:0.0.0.0/96".parse().unwrap();
+        assert!(mapped.contains("10.0.0.1".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.0.0.1".parse().unwrap()));
 
         let single: Cidr = "192.168.1.7".parse().unwrap();
         assert_eq!(single.to_string(), "192.168.1.7/32");

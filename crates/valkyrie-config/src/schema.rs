@@ -4,12 +4,12 @@
 //! before serde sees it, so that the hint for a misplaced key can name the
 //! section it belongs to. `docs/configuration.md` documents every key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Duration, Rate};
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -35,7 +35,7 @@ impl Config {
 }
 
 /// `[server]`: the data-plane listeners and per-connection limits.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct ServerConfig {
     /// Addresses the data plane listens on, `host:port`.
@@ -78,7 +78,7 @@ impl Default for ServerConfig {
 }
 
 /// `[metrics]`: the Prometheus listener.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct MetricsConfig {
     pub listen: String,
@@ -95,7 +95,7 @@ impl Default for MetricsConfig {
 }
 
 /// `[admin]`: who may call `/admin/*` and `/config/status`, and where.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct AdminConfig {
     /// Separate listener for the admin API; when unset it shares the data plane.
@@ -120,7 +120,7 @@ impl Default for AdminConfig {
 }
 
 /// Log line format.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,
@@ -128,7 +128,7 @@ pub enum LogFormat {
 }
 
 /// `[logging]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct LoggingConfig {
     /// A tracing filter: a level (`info`) or directives (`info,valkyrie_proxy=debug`).
@@ -152,7 +152,7 @@ impl Default for LoggingConfig {
 }
 
 /// `[routing]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct RoutingConfig {
     pub strategy: String,
@@ -187,7 +187,7 @@ impl Default for RoutingConfig {
 }
 
 /// `[routing.lockfree]`: sizing of the routing engine's structures.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct LockfreeConfig {
     pub fit_capacity: usize,
@@ -210,7 +210,7 @@ impl Default for LockfreeConfig {
 }
 
 /// `[performance]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct PerformanceConfig {
     /// Soft heap limit: above it caches shed and new connections are refused.
@@ -230,7 +230,7 @@ impl Default for PerformanceConfig {
 }
 
 /// `[security]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct SecurityConfig {
     pub enable_tls: bool,
@@ -260,7 +260,7 @@ impl Default for SecurityConfig {
 }
 
 /// `[[security.certificates]]`: a certificate chosen by SNI.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 pub struct CertificateConfig {
     pub server_names: Vec<String>,
     pub cert_path: String,
@@ -268,7 +268,7 @@ pub struct CertificateConfig {
 }
 
 /// `[security.rate_limiting]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct RateLimitingConfig {
     pub enable: bool,
@@ -296,7 +296,7 @@ impl Default for RateLimitingConfig {
 }
 
 /// `[redis]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct RedisConfig {
     pub url: String,
@@ -311,7 +311,7 @@ impl Default for RedisConfig {
 }
 
 /// Wire protocol spoken to an upstream.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     #[default]
@@ -320,7 +320,7 @@ pub enum UpstreamProtocol {
 }
 
 /// How an upstream picks an endpoint.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceStrategy {
     #[default]
@@ -331,7 +331,7 @@ pub enum BalanceStrategy {
 }
 
 /// One endpoint: `"host:port"` or `{ address = "host:port", weight = 3 }`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EndpointConfig {
     Address(String),
@@ -363,7 +363,7 @@ impl EndpointConfig {
 }
 
 /// `[[upstreams]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 pub struct UpstreamConfig {
     pub name: String,
     pub endpoints: Vec<EndpointConfig>,
@@ -417,7 +417,7 @@ fn default_resolve_interval() -> Duration {
 }
 
 /// Active health check kind.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     #[default]
@@ -426,7 +426,7 @@ pub enum HealthCheckKind {
 }
 
 /// `[upstreams.health_check]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct HealthCheckConfig {
     #[serde(rename = "type")]
@@ -454,7 +454,7 @@ impl Default for HealthCheckConfig {
 }
 
 /// `[upstreams.passive_health]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct PassiveHealthConfig {
     /// Consecutive connect failures or 5xx answers that mark an endpoint unhealthy; 0 disables.
@@ -473,7 +473,7 @@ impl Default for PassiveHealthConfig {
 }
 
 /// `[upstreams.circuit_breaker]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct CircuitBreakerConfig {
     pub enable: bool,
@@ -505,7 +505,7 @@ impl Default for CircuitBreakerConfig {
 }
 
 /// `[upstreams.retries]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(default)]
 pub struct RetryConfig {
     pub max_retries: u32,
@@ -540,7 +540,7 @@ impl Default for RetryConfig {
 }
 
 /// `[upstreams.tls]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize, Default)]
 #[serde(default)]
 pub struct UpstreamTlsConfig {
     pub ca_path: Option<String>,
@@ -551,7 +551,7 @@ pub struct UpstreamTlsConfig {
 
 /// A header condition of a route: the header must be present with this value,
 /// or match `regex` when given.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 pub struct HeaderMatchConfig {
     pub name: String,
     #[serde(default)]
@@ -561,7 +561,7 @@ pub struct HeaderMatchConfig {
 }
 
 /// `[[routes]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize, Default)]
 #[serde(default)]
 pub struct RouteConfig {
     pub name: String,
@@ -587,7 +587,7 @@ pub struct RouteConfig {
 }
 
 /// The request part a key table looks up.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeySource {
     Header(String),
@@ -596,7 +596,7 @@ pub enum KeySource {
 }
 
 /// Where a key table's entries come from.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TableSource {
     File(String),
@@ -604,7 +604,7 @@ pub enum TableSource {
 }
 
 /// `[[key_tables]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 pub struct KeyTableConfig {
     pub name: String,
     pub key: KeySource,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A span of time written with a unit: `"600s"`, `"5ms"`, `"82us"`, `"2m"`, `"1h"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -253,6 +253,21 @@ macro_rules! deserialize_from_str {
         }
     };
 }
+
+/// Unit values serialize as the strings they are written as in a file.
+macro_rules! serialize_with_display {
+    ($type:ty) => {
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+    };
+}
+
+serialize_with_display!(Duration);
+serialize_with_display!(ByteSize);
+serialize_with_display!(Rate);
 
 deserialize_from_str!(Duration);
 deserialize_from_str!(Rate);

@@ -185,7 +185,7 @@ struct Conditions {
 
 fn conditions(table: &TableAt<'_>) -> Conditions {
     let text = |key: &str| table.text(key).map(|(value, _)| value.to_string());
-    let host = text("host").map(|host| host.to_ascii_lowercase());
+    let host = text("host").map(|host| host.trim_end_matches('.').to_ascii_lowercase());
     let path = ["path_exact", "path_prefix", "path_regex"]
         .into_iter()
         .find_map(|key| text(key).map(|value| (key, value)));
@@ -196,7 +196,7 @@ fn conditions(table: &TableAt<'_>) -> Conditions {
             array
                 .iter()
                 .filter_map(|value| value.as_str())
-                .map(str::to_string)
+                .map(str::to_ascii_uppercase)
                 .collect()
         })
         .unwrap_or_default();

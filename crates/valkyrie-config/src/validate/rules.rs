@@ -195,7 +195,7 @@ pub(crate) fn header_match(validator: &mut Validator<'_>, table: &TableAt<'_>) {
             let message = format!("header condition {header} sets neither `value` nor `regex`");
             let hint = Some(
                 "set value = \"...\" for an exact match or regex = \"...\" for a pattern \
-                 (regex = \"\" only requires the header to be present)"
+                 (regex = \".*\" only requires the header to be present)"
                     .to_string(),
             );
             validator.report(

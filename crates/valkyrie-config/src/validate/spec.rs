@@ -413,7 +413,7 @@ static HEADER: Section = Section {
         &[
             required("name", Kind::Text(Text::HeaderName)),
             key("value", Kind::Text(Text::HeaderValue)),
-            key("regex", Kind::Text(Text::Regex)),
+            key("regex", Kind::Text(Text::HeaderRegex)),
         ],
     )
 };
@@ -472,4 +472,76 @@ pub(crate) fn all_sections() -> Vec<&'static Section> {
         next += 1;
     }
     sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCS: &str = include_str!("../../../../docs/configuration.md");
+
+    /// Returns the lines of the docs section whose heading contains `heading`,
+    /// up to the next heading.
+    fn docs_block(heading: &str) -> String {
+        let mut lines = DOCS
+            .lines()
+            .skip_while(|line| !(line.starts_with('#') && line.contains(heading)));
+        let Some(first) = lines.next() else {
+            panic!("docs/configuration.md has no heading containing {heading}");
+        };
+        let rest: Vec<&str> = lines.take_while(|line| !line.starts_with('#')).collect();
+        format!("{first}\n{}", rest.join("\n"))
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        for section in all_sections()
+            .into_iter()
+            .filter(|section| !section.path.is_empty())
+        {
+            let (heading, pattern): (String, fn(&str) -> String) = match section.path {
+                "upstreams.endpoints" => {
+                    ("Endpoint tables".to_string(), |key| format!("| `{key}` |"))
+                }
+                "routes.headers" => ("Header conditions".to_string(), |key| {
+                    format!("| `{key}` |")
+                }),
+                "key_tables.key" | "key_tables.source" => {
+                    ("`[[key_tables]]`".to_string(), |key| format!("{{ {key} = "))
+                }
+                _ => (format!("`{}`", section.header()), |key| {
+                    format!("| `{key}` |")
+                }),
+            };
+            let block = docs_block(&heading);
+            // A sub-table is documented under its own heading, which the
+            // loop reaches as a section of its own.
+            let values = section
+                .keys
+                .iter()
+                .filter(|key| !matches!(key.kind, Kind::Table(_)));
+            for key in values {
+                assert!(
+                    block.contains(&pattern(key.name)),
+                    "docs/configuration.md does not document `{}` under {heading}",
+                    key.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_section_is_reachable_once() {
+        let sections = all_sections();
+        for (index, section) in sections.iter().enumerate() {
+            let copies = sections
+                .iter()
+                .filter(|other| std::ptr::eq(**other, *section))
+                .count();
+            assert_eq!(copies, 1, "section `{}` at position {index}", section.path);
+        }
+        assert!(sections
+            .iter()
+            .any(|section| section.path == "routing.lockfree"));
+    }
 }
