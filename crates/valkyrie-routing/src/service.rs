@@ -496,7 +496,7 @@ mod tests {
     fn rfc3339_formats_known_instants() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(format_rfc3339(1_798_675_199), "2026-12-31T23:59:59Z");
+        assert_eq!(format_rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
     }
 
     #[test]
