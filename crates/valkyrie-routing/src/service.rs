@@ -335,14 +335,24 @@ fn read_admin_token(config: &Config) -> Result<Option<String>, String> {
 }
 
 fn bind_all(addresses: &[String], what: &str) -> Result<Vec<tokio::net::TcpListener>, String> {
-    addresses
-        .iter()
-        .map(|text| {
-            let address = parse_listen(text)?;
-            bind(address)
-                .map_err(|error| format!("cannot listen on {what} address {address}: {error}"))
-        })
-        .collect()
+    use std::net::ToSocketAddrs;
+
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for text in addresses {
+        let resolved = match parse_listen(text) {
+            Ok(address) => address,
+            // Host names such as `localhost:9090` are valid too.
+            Err(_) => text
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut found| found.next())
+                .ok_or_else(|| format!("cannot resolve {what} address `{text}`: expected IP:PORT or HOST:PORT"))?,
+        };
+        let listener = bind(resolved)
+            .map_err(|error| format!("cannot listen on {what} address {resolved}: {error}"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 /// Builds the first snapshot, binds every listener and starts serving.
