@@ -15,7 +15,7 @@ pub const CIDR_FORM: &str =
 pub const HOST_PATTERN_FORM: &str =
     "an exact host name such as \"api.example.com\" or a wildcard such as \"*.example.com\"";
 
-/// Why an address did not parse, with a corrected value when one can be guessed.
+/// Reason an address did not parse, with a corrected value when one can be guessed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct AddressError {
@@ -56,9 +56,9 @@ pub struct HostPort {
 impl FromStr for HostPort {
     type Err = AddressError;
 
-    /// Parses a `host:port` address; port 0 is accepted (a listener on port
-    /// 0 gets a port from the system), see [`HostPort::parse_endpoint`] for
-    /// destinations.
+    /// Parses a `host:port` address. Port 0 is accepted because a listener
+    /// on port 0 gets a port from the system. [`HostPort::parse_endpoint`]
+    /// parses destinations, which need a port.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text.is_empty() {
             return Err(AddressError::new("the address is empty"));

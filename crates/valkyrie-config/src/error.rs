@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// What kind of problem a [`ConfigError`] reports.
+/// Category of the problem a [`ConfigError`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -42,12 +42,12 @@ pub struct ConfigError {
     pub kind: ErrorKind,
     /// The file as it was named to the loader.
     pub file: String,
-    /// Line of the problem, from 1; 0 when the whole file is concerned.
+    /// Line of the problem, from 1, or 0 when the whole file is concerned.
     pub line: usize,
-    /// Column of the problem in characters, from 1; 0 when the whole file is concerned.
+    /// Column of the problem in characters, from 1, or 0 when the whole file is concerned.
     pub column: usize,
     /// Dotted path of the key, such as `routes[2].path_prefix` (array
-    /// indexes count from 0); empty for syntax errors.
+    /// indexes count from 0). Empty for syntax errors.
     pub key: String,
     pub message: String,
     pub hint: Option<String>,
@@ -140,7 +140,7 @@ impl<'a> LineIndex<'a> {
         LineIndex { text, line_starts }
     }
 
-    /// Returns the line and column of `offset`; offsets past the end map to
+    /// Returns the line and column of `offset`. Offsets past the end map to
     /// the end of the text.
     pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
         let mut offset = offset.min(self.text.len());

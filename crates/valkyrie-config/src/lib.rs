@@ -43,7 +43,7 @@ use validate::Validator;
 /// Reads, parses and validates a configuration file.
 ///
 /// Errors name the file as `path` is written. A file that cannot be read or
-/// is not UTF-8 gives a single error; otherwise every problem is reported.
+/// is not UTF-8 gives a single error. Otherwise every problem is reported.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|error| {
@@ -71,7 +71,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Parses and validates configuration text; `file` names it in errors.
+/// Parses and validates configuration text. Errors name it `file`.
 pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     let mut validator = Validator::new(text, file);
     let document = match toml_edit::ImDocument::parse(text.to_string()) {
@@ -88,8 +88,8 @@ pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     }
 
     // The validator accepts only what deserializes, so this step fails only
-    // when the schema and the validator disagree; that is still reported
-    // as a normal error rather than a panic.
+    // when the schema and the validator disagree. Such a bug still gives a
+    // normal error rather than a panic.
     toml_edit::de::from_document::<Config>(document).map_err(|error| {
         let offset = error.span().map_or(0, |span| span.start);
         let message = format!("invalid configuration: {}", error.message());

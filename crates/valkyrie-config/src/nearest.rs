@@ -6,8 +6,8 @@
 /// Distance is the Levenshtein distance in which swapping two adjacent
 /// characters also counts as one edit (optimal string alignment), compared
 /// case-insensitively. A candidate qualifies when its distance is at most a
-/// third of the word's length, clamped to 1..=3 edits; a word of one character
-/// only matches itself. Among equally close candidates the first one wins.
+/// third of the word's length, clamped to 1..=3 edits. A word of one
+/// character only matches itself. Among equally close candidates the first one wins.
 pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = typo_limit(word);
     candidates
@@ -18,8 +18,8 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, candidate)| candidate)
 }
 
-/// Returns the candidates ordered by edit distance to `word`, nearest first;
-/// equally distant candidates keep their order.
+/// Returns the candidates ordered by edit distance to `word`, nearest first.
+/// Equally distant candidates keep their order.
 pub fn by_distance<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
     let mut ranked: Vec<(usize, &'a str)> = candidates
         .into_iter()

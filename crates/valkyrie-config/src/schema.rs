@@ -1,8 +1,8 @@
 //! The configuration file's sections and keys, with their defaults.
 //!
 //! Unknown keys are rejected by the validator, which walks the TOML document
-//! before serde sees it, so that the hint for a misplaced key can name the
-//! section it belongs to. `docs/configuration.md` documents every key.
+//! before serde deserializes it, so that the hint for a misplaced key can
+//! name the section it belongs to. `docs/configuration.md` documents every key.
 
 use serde::{Deserialize, Serialize};
 

@@ -42,8 +42,8 @@ struct Decimal<'a> {
 }
 
 /// Splits `text` into a decimal number and the unit after it. The number
-/// needs at least one digit before an optional fraction; spaces may surround
-/// the unit.
+/// needs at least one digit before an optional fraction, and spaces may
+/// surround the unit.
 fn split_number(text: &str) -> Option<(Decimal<'_>, &str)> {
     let text = text.trim();
     let integer_end = text
@@ -232,7 +232,7 @@ impl fmt::Display for ByteSize {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // NOTE: a `Rate` built by hand with another period has no unit in
-        // the file syntax; it is written per day.
+        // the file syntax, so it is written per day.
         let unit = match self.per.as_secs() {
             1 => "sec",
             60 => "min",

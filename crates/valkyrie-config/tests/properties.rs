@@ -185,8 +185,8 @@ fn toml_value() -> impl Strategy<Value = String> {
     })
 }
 
-/// A TOML document assembled from known section headers and keys with
-/// random values; it may or may not be valid TOML.
+/// Generates TOML documents from known section headers and keys with random
+/// values. A document may or may not be valid TOML.
 fn toml_document() -> impl Strategy<Value = String> {
     let section = (
         prop::sample::select(SECTIONS),
@@ -207,8 +207,8 @@ fn toml_document() -> impl Strategy<Value = String> {
 
 const EXAMPLE: &str = include_str!("../../../config/valkyrie.toml");
 
-/// The example config with one change: the value of one `key = value` line
-/// replaced, or one `key = value` line inserted.
+/// Generates the example config with one change: the value of one
+/// `key = value` line replaced, or one `key = value` line inserted.
 fn mutated_example() -> impl Strategy<Value = String> {
     let lines: Vec<&'static str> = EXAMPLE.lines().collect();
     let count = lines.len();

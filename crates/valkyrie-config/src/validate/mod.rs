@@ -1,6 +1,6 @@
 //! Validation of a parsed TOML document against the configuration schema.
 //!
-//! The validator walks the document before serde sees it, so that every
+//! The validator walks the document before serde deserializes it, so that every
 //! problem is reported at once with the position of its key or value. Checks
 //! on one value live in [`text`], checks across the keys of one table in
 //! [`rules`], and checks across sections (names and references) in
@@ -60,7 +60,7 @@ impl<'t> TableAt<'t> {
         Some((item, at))
     }
 
-    /// Returns the string under `key` and the offset of its value; `None`
+    /// Returns the string under `key` and the offset of its value, or `None`
     /// when the key is absent or not a string.
     pub fn text(&self, key: &str) -> Option<(&'t str, usize)> {
         let (item, at) = self.item(key)?;
@@ -177,7 +177,7 @@ impl<'a> Validator<'a> {
     pub(crate) fn syntax_error(&mut self, error: &toml_edit::TomlError) {
         let offset = error.span().map_or(0, |span| span.start);
         // The parser's message may span several lines ("invalid array",
-        // "expected `]`"); one line reads better after the position.
+        // "expected `]`"). One line reads better after the position.
         let lines: Vec<&str> = error
             .message()
             .lines()

@@ -1,8 +1,9 @@
-//! The sections and keys of the configuration file, as the validator sees
-//! them: each key's expected type and allowed values.
+//! The sections and keys of the configuration file for the validator: each
+//! key's expected type and allowed values.
 //!
 //! This table must list every field of the structs in `schema.rs` under the
-//! same name; the tests deserialize a file that sets every key to check it.
+//! same name. A test serializes a config that sets every field and checks
+//! that the validator accepts the result.
 
 use super::rules;
 use super::text::Text;
@@ -10,8 +11,8 @@ use super::{TableAt, Validator};
 
 /// A section (table) of the file and the keys it accepts.
 pub(crate) struct Section {
-    /// Dotted path of the section: `server`, `upstreams.health_check`; empty
-    /// for the top level.
+    /// Dotted path of the section, such as `server` or
+    /// `upstreams.health_check`, or empty for the top level.
     pub path: &'static str,
     /// Written `[[path]]`: an array of tables.
     pub array: bool,
@@ -62,7 +63,7 @@ pub(crate) enum Kind {
     },
     /// A float or an integer within the range.
     Number(NumberRange),
-    /// A string such as `"10s"`; `nonzero` rejects `"0s"`.
+    /// A string such as `"10s"`. With `nonzero`, `"0s"` is rejected.
     Duration {
         nonzero: bool,
     },
@@ -127,7 +128,7 @@ const fn array(path: &'static str, keys: &'static [Key]) -> Section {
 
 const MAX_U16: i64 = u16::MAX as i64;
 const MAX_U32: i64 = u32::MAX as i64;
-/// The largest integer TOML can write; `usize` fields take any non-negative one.
+/// The largest integer TOML can write. `usize` fields take any non-negative one.
 const MAX: i64 = i64::MAX;
 
 const fn at_least(min: i64) -> Kind {

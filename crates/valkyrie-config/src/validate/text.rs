@@ -6,7 +6,7 @@ use crate::address::{self, Cidr, HostPort, CIDR_FORM, HOST_PATTERN_FORM, HOST_PO
 use crate::error::ErrorKind;
 use crate::nearest::nearest;
 
-/// What a string value must be.
+/// Constraint on a string value.
 #[derive(Clone, Copy)]
 pub(crate) enum Text {
     NonEmpty,
@@ -43,14 +43,14 @@ pub(crate) enum Text {
     LogFilter,
     /// A `redis://`, `rediss://` or `unix://` URL.
     RedisUrl,
-    /// What a rate limit counts per: `client_ip`, `route` or `header:NAME`.
+    /// Key a rate limit counts per: `client_ip`, `route` or `header:NAME`.
     LimitKey,
-    /// What `consistent_hash` hashes: `client_ip`, `path` or `header:NAME`.
+    /// Request part that `consistent_hash` hashes: `client_ip`, `path` or `header:NAME`.
     HashKey,
     Choice(&'static [&'static str]),
 }
 
-/// Why a value was rejected. The validator adds the key in front of the message.
+/// Reason a value was rejected. The validator adds the key in front of the message.
 pub(crate) struct Problem {
     pub kind: ErrorKind,
     pub message: String,
@@ -266,7 +266,7 @@ fn check_regex(value: &str, compiled: Result<(), regex::Error>) -> Result<(), Pr
         return Ok(());
     };
     // A syntax error renders as several lines that repeat the pattern and
-    // point at the column; its last line holds the reason.
+    // point at the column. The last line contains the reason.
     let rendered = error.to_string();
     let reason = rendered
         .lines()
@@ -361,8 +361,8 @@ fn check_log_filter(value: &str) -> Result<(), Problem> {
         .map(str::trim)
         .filter(|part| !part.is_empty())
     {
-        // A span filter such as `target[span{field=1}]=debug` holds `=`
-        // inside its brackets; the level follows the last `]`.
+        // A span filter such as `target[span{field=1}]=debug` contains `=`
+        // inside its brackets, so the level follows the last `]`.
         let tail_start = directive.rfind(']').map_or(0, |index| index + 1);
         let level = match directive[tail_start..].rsplit_once('=') {
             Some((_, level)) => level,
