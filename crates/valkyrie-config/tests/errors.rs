@@ -1288,3 +1288,24 @@ fn load_file_reports_invalid_utf8() {
     assert_eq!((error.line, error.column), (2, 16));
     assert_eq!(error.file, path.display().to_string());
 }
+
+#[test]
+fn misspelled_key_reported_once() {
+    let text = "[[routes]]\nname = \"all\"\nupstrem = \"api\"\n";
+    let error = expect_error_with_upstreams(text, ErrorKind::UnknownKey, 3, 1, "routes[0].upstrem");
+    assert_eq!(hint(&error), "did you mean `upstream`?");
+
+    let text = "[[upstreams]]\nname = \"api\"\nendpoint = [\"127.0.0.1:9001\"]\n";
+    let error = expect_error(text, ErrorKind::UnknownKey, 3, 1, "upstreams[0].endpoint");
+    assert_eq!(hint(&error), "did you mean `endpoints`?");
+
+    let text = "[[routes]]\nname = \"all\"\nupstream = \"api\"\nheaders = [{ name = \"X-A\", valeu = \"1\" }]\n";
+    let error = expect_error_with_upstreams(
+        text,
+        ErrorKind::UnknownKey,
+        4,
+        28,
+        "routes[0].headers[0].valeu",
+    );
+    assert_eq!(error.message, "unknown key `valeu` in [[routes.headers]]");
+}

@@ -43,9 +43,18 @@ pub(crate) struct TableAt<'t> {
     pub table: &'t dyn TableLike,
     pub path: String,
     pub at: usize,
+    /// Known keys that an unknown key of this table is a likely typo of.
+    /// The unknown-key error already suggests them, so checks for absent
+    /// keys skip them to report one mistake once.
+    pub misspelled: Vec<&'static str>,
 }
 
 impl<'t> TableAt<'t> {
+    /// Returns whether `key` is present or was likely meant by a misspelled key.
+    pub fn has_or_intends(&self, key: &str) -> bool {
+        self.table.contains_key(key) || self.misspelled.contains(&key)
+    }
+
     /// Returns the dotted path of a key of this table.
     pub fn child(&self, key: &str) -> String {
         join_path(&self.path, key)
@@ -197,6 +206,7 @@ impl<'a> Validator<'a> {
     /// names and references across sections.
     pub(crate) fn check_document(&mut self, root: &toml_edit::Table) {
         let root_at = TableAt {
+            misspelled: Vec::new(),
             table: root,
             path: String::new(),
             at: 0,
@@ -206,17 +216,27 @@ impl<'a> Validator<'a> {
     }
 
     fn check_table(&mut self, table: &TableAt<'_>, section: &'static Section) {
+        let mut misspelled = Vec::new();
         for (name, item) in table.table.iter() {
             let key_at = table.key_at(name);
             let path = table.child(name);
             match section.key(name) {
                 Some(key) => self.check_item(item, key, &path, key_at),
-                None => self.unknown_key(section, name, &path, key_at),
+                None => {
+                    misspelled.extend(nearest(name, section.key_names()));
+                    self.unknown_key(section, name, &path, key_at);
+                }
             }
         }
+        let table = &TableAt {
+            table: table.table,
+            path: table.path.clone(),
+            at: table.at,
+            misspelled,
+        };
 
         for key in section.keys.iter().filter(|key| key.required) {
-            if !table.table.contains_key(key.name) {
+            if !table.has_or_intends(key.name) {
                 let message = format!(
                     "missing required key `{}` in {}",
                     key.name,
@@ -249,6 +269,7 @@ impl<'a> Validator<'a> {
             .collect();
         let choices = text::list_choices(&section.key_names().collect::<Vec<_>>());
         match present.as_slice() {
+            [] if !table.misspelled.is_empty() => {}
             [] => {
                 let message = format!("`{}` needs one of {choices}", table.path);
                 self.report(
@@ -284,6 +305,7 @@ impl<'a> Validator<'a> {
             Kind::Table(section) => match item.as_table_like() {
                 Some(table) => {
                     let table = TableAt {
+                        misspelled: Vec::new(),
                         table,
                         path: path.to_string(),
                         at,
@@ -559,6 +581,7 @@ impl<'a> Validator<'a> {
         }
         for (index, (table, table_at)) in table_list(item).into_iter().enumerate() {
             let table = TableAt {
+                misspelled: Vec::new(),
                 table,
                 path: format!("{path}[{index}]"),
                 at: table_at,
@@ -592,6 +615,7 @@ impl<'a> Validator<'a> {
                 }
                 Value::InlineTable(table) => {
                     let table = TableAt {
+                        misspelled: Vec::new(),
                         table,
                         path: element_path,
                         at: element_at,

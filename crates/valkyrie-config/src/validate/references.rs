@@ -29,6 +29,7 @@ fn named_entries<'t>(root: &'t Table, key: &str) -> Vec<Named<'t>> {
         .enumerate()
         .map(|(index, (table, at))| {
             let table = TableAt {
+                misspelled: Vec::new(),
                 table,
                 path: format!("{key}[{index}]"),
                 at,
@@ -266,6 +267,7 @@ fn section<'t>(root: &'t Table, path: &[&str]) -> Option<TableAt<'t>> {
         table = item.as_table_like()?;
     }
     Some(TableAt {
+        misspelled: Vec::new(),
         table,
         path: path.join("."),
         at,

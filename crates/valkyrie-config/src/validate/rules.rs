@@ -68,7 +68,7 @@ pub(crate) fn upstream_tls(validator: &mut Validator<'_>, table: &TableAt<'_>) {
         ("client_key_path", "client_cert_path"),
     ];
     for (present, absent) in pairs {
-        if table.item(present).is_some() && table.item(absent).is_none() {
+        if table.item(present).is_some() && !table.has_or_intends(absent) {
             let message = format!("`{}` sets `{present}` without `{absent}`", table.path);
             let hint =
                 Some("a client certificate needs both the certificate and its key".to_string());
@@ -130,6 +130,7 @@ pub(crate) fn route(validator: &mut Validator<'_>, table: &TableAt<'_>) {
     let upstream = table.item("upstream").map(|_| table.key_at("upstream"));
     let key_table = table.item("key_table").map(|_| table.key_at("key_table"));
     match (upstream, key_table) {
+        (None, None) if table.has_or_intends("upstream") || table.has_or_intends("key_table") => {}
         (None, None) => {
             let message = format!("route {name} sets neither `upstream` nor `key_table`");
             let hint = Some("add upstream = \"NAME\" naming one of the [[upstreams]]".to_string());
@@ -191,6 +192,7 @@ pub(crate) fn header_match(validator: &mut Validator<'_>, table: &TableAt<'_>) {
     let value = table.item("value").map(|_| table.key_at("value"));
     let regex = table.item("regex").map(|_| table.key_at("regex"));
     match (value, regex) {
+        (None, None) if table.has_or_intends("value") || table.has_or_intends("regex") => {}
         (None, None) => {
             let message = format!("header condition {header} sets neither `value` nor `regex`");
             let hint = Some(
