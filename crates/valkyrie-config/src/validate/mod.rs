@@ -1,23 +1,25 @@
 //! Validation of a parsed TOML document against the configuration schema.
 //!
-//! The validator walks the document before serde deserializes it, so that every
-//! problem is reported at once with the position of its key or value. Checks
-//! on one value live in [`text`], checks across the keys of one table in
-//! [`rules`], and checks across sections (names and references) in
-//! [`references`].
+//! The validator walks the document before serde deserializes it, so that
+//! every problem is reported at once with the position of its key or value.
+//! This module walks tables and lists. Checks on one value live in
+//! [`scalars`] and [`text`], unknown keys in [`unknown`], checks across the
+//! keys of one table in [`rules`], and checks across sections (names and
+//! references) in [`references`].
 
 mod references;
 mod rules;
+mod scalars;
 pub(crate) mod spec;
 pub(crate) mod text;
+mod unknown;
 
 use toml_edit::{Item, TableLike, Value};
 
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, LineIndex};
 use crate::nearest::nearest;
-use crate::units::{ByteSize, Duration, Rate};
-use spec::{Key, Kind, NumberRange, Section};
-use text::{check_text, Text};
+use spec::{Key, Kind, Section};
+use text::Text;
 
 /// Collects the problems of one file.
 pub(crate) struct Validator<'a> {
@@ -340,186 +342,6 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn check_scalar(&mut self, value: &Value, kind: &Kind, path: &str, at: usize) {
-        match kind {
-            Kind::Bool => {
-                if value.as_bool().is_none() {
-                    let hint = match value.as_str() {
-                        Some(text @ ("true" | "false")) => {
-                            Some(format!("remove the quotes: {text}"))
-                        }
-                        _ => None,
-                    };
-                    self.wrong_value_type(value, at, path, "a boolean (true or false)", hint);
-                }
-            }
-            Kind::Text(text) => self.check_text_value(value, *text, path, at),
-            Kind::Integer { min, max } => self.check_integer(value, *min, *max, path, at),
-            Kind::Number(range) => self.check_number(value, range, path, at),
-            Kind::Duration { nonzero } => self.check_duration(value, *nonzero, path, at),
-            Kind::Size => self.check_size(value, path, at),
-            Kind::Rate => self.check_rate(value, path, at),
-            Kind::TextList(_)
-            | Kind::IntegerList { .. }
-            | Kind::Table(_)
-            | Kind::TableList(_)
-            | Kind::Endpoints => unreachable!("composite kinds are checked by check_item"),
-        }
-    }
-
-    fn check_text_value(&mut self, value: &Value, text: Text, path: &str, at: usize) {
-        let Some(string) = value.as_str() else {
-            let hint = match value {
-                Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => {
-                    Some(format!("put the value in quotes: \"{}\"", self.raw(value)))
-                }
-                _ => None,
-            };
-            self.wrong_value_type(value, at, path, "a string", hint);
-            return;
-        };
-        if let Err(problem) = check_text(text, string) {
-            self.report(
-                at,
-                problem.kind,
-                path,
-                format!("`{path}`: {}", problem.message),
-                problem.hint,
-            );
-        }
-    }
-
-    fn check_integer(&mut self, value: &Value, min: i64, max: i64, path: &str, at: usize) {
-        let Some(number) = value.as_integer() else {
-            let hint = match value.as_str().map(str::trim) {
-                Some(text) if text.parse::<i64>().is_ok() => {
-                    Some(format!("remove the quotes: {text}"))
-                }
-                _ => None,
-            };
-            self.wrong_value_type(value, at, path, "an integer", hint);
-            return;
-        };
-        if number < min || number > max {
-            let expected = if max == i64::MAX {
-                format!("an integer of {min} or more")
-            } else {
-                format!("an integer from {min} to {max}")
-            };
-            let message = format!("`{path}`: {number} is out of range: expected {expected}");
-            self.report(at, ErrorKind::InvalidValue, path, message, None);
-        }
-    }
-
-    fn check_number(&mut self, value: &Value, range: &NumberRange, path: &str, at: usize) {
-        let number = match value {
-            Value::Float(float) => *float.value(),
-            // Integers fit in a float's 53-bit mantissa up to 2^53, far beyond any range here.
-            Value::Integer(integer) => *integer.value() as f64,
-            _ => {
-                self.wrong_value_type(value, at, path, "a number", None);
-                return;
-            }
-        };
-        let (in_range, expected) = match *range {
-            NumberRange::Open(low, high) => (
-                number > low && number < high,
-                format!("a number greater than {low} and less than {high}"),
-            ),
-            NumberRange::Closed(low, high) => (
-                number >= low && number <= high,
-                format!("a number from {low} to {high}"),
-            ),
-        };
-        if !in_range {
-            let message = format!(
-                "`{path}`: {} is out of range: expected {expected}",
-                self.raw(value)
-            );
-            self.report(at, ErrorKind::InvalidValue, path, message, None);
-        }
-    }
-
-    fn check_duration(&mut self, value: &Value, nonzero: bool, path: &str, at: usize) {
-        let Some(string) = value.as_str() else {
-            let hint = value
-                .as_integer()
-                .map(|number| format!("add a unit: \"{number}s\" or \"{number}ms\""));
-            self.wrong_value_type(value, at, path, "a duration string such as \"10s\"", hint);
-            return;
-        };
-        match string.parse::<Duration>() {
-            Err(error) => {
-                let hint = digits_only(string)
-                    .then(|| format!("add a unit: \"{string}s\" or \"{string}ms\""));
-                self.report(
-                    at,
-                    ErrorKind::InvalidUnit,
-                    path,
-                    format!("`{path}`: {error}"),
-                    hint,
-                );
-            }
-            Ok(duration) if nonzero && duration.0.is_zero() => {
-                let message = format!("`{path}`: the duration must be greater than 0");
-                self.report(at, ErrorKind::InvalidValue, path, message, None);
-            }
-            Ok(_) => {}
-        }
-    }
-
-    fn check_size(&mut self, value: &Value, path: &str, at: usize) {
-        match value {
-            Value::Integer(bytes) if *bytes.value() >= 0 => {}
-            Value::Integer(bytes) => {
-                let message = format!(
-                    "`{path}`: {} is out of range: a size cannot be negative",
-                    bytes.value()
-                );
-                self.report(at, ErrorKind::InvalidValue, path, message, None);
-            }
-            Value::String(string) => {
-                if let Err(error) = string.value().parse::<ByteSize>() {
-                    self.report(
-                        at,
-                        ErrorKind::InvalidUnit,
-                        path,
-                        format!("`{path}`: {error}"),
-                        None,
-                    );
-                }
-            }
-            _ => self.wrong_value_type(
-                value,
-                at,
-                path,
-                "a size such as \"64KB\" or a number of bytes",
-                None,
-            ),
-        }
-    }
-
-    fn check_rate(&mut self, value: &Value, path: &str, at: usize) {
-        let Some(string) = value.as_str() else {
-            let hint = value
-                .as_integer()
-                .map(|number| format!("add a period: \"{number}/sec\" or \"{number}/min\""));
-            self.wrong_value_type(value, at, path, "a rate string such as \"1000/min\"", hint);
-            return;
-        };
-        if let Err(error) = string.parse::<Rate>() {
-            let hint = digits_only(string)
-                .then(|| format!("add a period: \"{string}/sec\" or \"{string}/min\""));
-            self.report(
-                at,
-                ErrorKind::InvalidUnit,
-                path,
-                format!("`{path}`: {error}"),
-                hint,
-            );
-        }
-    }
-
     /// Checks each element of an array value with `check_element`.
     fn check_list(
         &mut self,
@@ -633,54 +455,6 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn unknown_key(&mut self, section: &'static Section, name: &str, path: &str, at: usize) {
-        let homes: Vec<&'static Section> = self
-            .sections
-            .iter()
-            .copied()
-            .filter(|other| !std::ptr::eq(*other, section) && other.key(name).is_some())
-            .collect();
-        let near_here = nearest(name, section.key_names());
-        let location = if section.path.is_empty() {
-            "at the top level".to_string()
-        } else {
-            format!("in {}", section.header())
-        };
-        let mut message = format!("unknown key `{name}` {location}");
-
-        let hint = if !homes.is_empty() {
-            let places: Vec<String> = homes.iter().map(|home| home.header()).collect();
-            message.push_str(&format!(": it belongs in {}", join_or(&places)));
-            match (near_here, homes.as_slice()) {
-                (Some(near), _) => Some(format!("or did you mean `{near}`?")),
-                (None, [home]) => Some(move_hint(home, name)),
-                _ => None,
-            }
-        } else if let Some(near) = near_here {
-            Some(format!("did you mean `{near}`?"))
-        } else if let Some((near, home)) = self.nearest_elsewhere(name) {
-            Some(format!("did you mean `{near}` in {}?", home.header()))
-        } else {
-            let names: Vec<&str> = section.key_names().collect();
-            Some(format!(
-                "the keys of {} are {}",
-                section.header(),
-                names.join(", ")
-            ))
-        };
-        self.report(at, ErrorKind::UnknownKey, path, message, hint);
-    }
-
-    fn nearest_elsewhere(&self, name: &str) -> Option<(&'static str, &'static Section)> {
-        let pairs: Vec<(&'static str, &'static Section)> = self
-            .sections
-            .iter()
-            .flat_map(|section| section.key_names().map(move |key| (key, *section)))
-            .collect();
-        let near = nearest(name, pairs.iter().map(|(key, _)| *key))?;
-        pairs.into_iter().find(|(key, _)| *key == near)
-    }
-
     fn wrong_type(
         &mut self,
         item: &Item,
@@ -748,33 +522,5 @@ fn expected_type(kind: &Kind) -> &'static str {
         Kind::Table(_) => "a table",
         Kind::TableList(_) => "an array of tables",
         Kind::Endpoints => "an array of endpoints",
-    }
-}
-
-fn digits_only(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())
-}
-
-/// Returns "A", "A or B", "A, B or C".
-fn join_or(items: &[String]) -> String {
-    match items.split_last() {
-        None => String::new(),
-        Some((last, [])) => last.clone(),
-        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
-    }
-}
-
-fn move_hint(home: &Section, name: &str) -> String {
-    let is_table = matches!(home.key(name).map(|key| &key.kind), Some(Kind::Table(_)));
-    if is_table {
-        return format!("write its header as [{}]", join_path(home.path, name));
-    }
-    if home.path.is_empty() {
-        return "move it above the first [section] header".to_string();
-    }
-    if home.array {
-        format!("move it into a {} entry", home.header())
-    } else {
-        format!("move it under the {} header", home.header())
     }
 }
