@@ -45,7 +45,7 @@ pub struct DemoArgs {
 
 /// Runs `--validate-config`: prints the result and returns the exit code.
 pub fn validate_config(path: &Path) -> ExitCode {
-    match valkyrie_config::load_file(path) {
+    match load_checked(path) {
         Ok(_) => {
             println!("configuration OK");
             ExitCode::SUCCESS
@@ -54,5 +54,20 @@ pub fn validate_config(path: &Path) -> ExitCode {
             eprintln!("{errors}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Loads and validates a config file, including the checks that need the
+/// router. Returns every error as one printable text.
+pub fn load_checked(path: &Path) -> Result<valkyrie_config::Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("{}: cannot read the file: {error}", path.display()))?;
+    let config = valkyrie_config::parse_str(&text, &path.display().to_string())
+        .map_err(|errors| errors.to_string())?;
+    let errors = crate::checks::unreachable_routes(&config, &text, path);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors.join("\n"))
     }
 }

@@ -2,6 +2,7 @@
 //! built-in endpoints, signals, logging and the demo.
 
 mod builtins;
+mod checks;
 mod cli;
 mod demo;
 mod logging;

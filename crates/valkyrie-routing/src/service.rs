@@ -28,7 +28,7 @@ pub fn run_from_file(path: &Path) -> ExitCode {
         eprintln!("{} not found; running on built-in defaults", path.display());
         (Config::default(), None)
     } else {
-        match valkyrie_config::load_file(path) {
+        match crate::cli::load_checked(path) {
             Ok(config) => (config, Some(path.to_path_buf())),
             Err(errors) => {
                 eprintln!("{errors}");
@@ -346,7 +346,9 @@ fn bind_all(addresses: &[String], what: &str) -> Result<Vec<tokio::net::TcpListe
                 .to_socket_addrs()
                 .ok()
                 .and_then(|mut found| found.next())
-                .ok_or_else(|| format!("cannot resolve {what} address `{text}`: expected IP:PORT or HOST:PORT"))?,
+                .ok_or_else(|| {
+                    format!("cannot resolve {what} address `{text}`: expected IP:PORT or HOST:PORT")
+                })?,
         };
         let listener = bind(resolved)
             .map_err(|error| format!("cannot listen on {what} address {resolved}: {error}"))?;
