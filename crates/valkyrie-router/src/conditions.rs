@@ -31,7 +31,7 @@ impl HostPattern {
         }
     }
 
-    /// The host part of the route's specificity.
+    /// Returns the host part of the route's specificity.
     pub fn rank(&self) -> HostRank {
         match self {
             HostPattern::Any => HostRank::Any,
@@ -90,7 +90,7 @@ impl PathPattern {
         }
     }
 
-    /// The path part of the route's specificity.
+    /// Returns the path part of the route's specificity.
     pub fn rank(&self) -> PathRank {
         match self {
             PathPattern::Any => PathRank::Any,

@@ -4,7 +4,7 @@
 //! bucket, by path pattern ([`PathIndex`]). Every bucket lists its routes in
 //! precedence order, and the lookup visits buckets from the most specific
 //! host and path rank to the least, so the first route in a bucket that
-//! accepts the request is the answer.
+//! accepts the request is the result.
 //!
 //! The maps are std `HashMap`s behind these two types, so that the
 //! fingerprinted table and the radix arena of `valkyrie-lockfree` can replace
@@ -40,8 +40,8 @@ pub(crate) struct Probe<'a> {
 }
 
 impl Probe<'_> {
-    /// The first route in `candidates` whose methods and headers accept the
-    /// request. Host and path were matched by the bucket lookup.
+    /// Finds the first route in `candidates` whose methods and headers accept
+    /// the request. Host and path were matched by the bucket lookup.
     fn first_accepted(&self, candidates: &[RouteId]) -> Option<RouteId> {
         candidates
             .iter()

@@ -69,7 +69,7 @@ pub struct Route {
 }
 
 impl Route {
-    /// The rank of this route in match order; see [`RouteTable`].
+    /// Computes this route's rank in match order, described on [`RouteTable`].
     pub fn specificity(&self) -> Specificity {
         Specificity {
             host: self.host.rank(),
@@ -104,7 +104,7 @@ pub struct RouteMatch<'a> {
 }
 
 impl RouteMatch<'_> {
-    /// The path to send upstream: the normalized path with the route's
+    /// Returns the path to send upstream: the normalized path with the route's
     /// `strip_prefix` removed when the path starts with it, and always with
     /// a leading `/`. The query is not included.
     ///
@@ -173,7 +173,7 @@ pub enum BuildError {
 /// 4. routes that list methods before routes that accept any method.
 ///
 /// The order is total: two different routes always differ in specificity or
-/// in config position, so each request has exactly one answer.
+/// in config position, so each request selects at most one route.
 ///
 /// The host decides first, so an exact host with no path condition beats a
 /// catch-all host with an exact path:
@@ -344,7 +344,7 @@ impl RouteTable {
         })
     }
 
-    /// The compiled routes in config order; `routes()[i].index == i`.
+    /// Returns the compiled routes in config order, so `routes()[i].index == i`.
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }

@@ -127,7 +127,8 @@ fn normalize_escapes(path: &str) -> String {
     output
 }
 
-/// The `remove_dot_segments` algorithm of RFC 3986 §5.2.4.
+/// Removes dot segments with the `remove_dot_segments` algorithm of
+/// RFC 3986 §5.2.4.
 fn remove_dot_segments(path: &str) -> String {
     let mut input = path;
     let mut output = String::with_capacity(path.len());
@@ -211,8 +212,8 @@ pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     }
 }
 
-/// Longest request host that `with_host_key` lowercases on the stack; a DNS
-/// name has at most 253 characters.
+/// Maximum length of a request host that `with_host_key` lowercases on the
+/// stack. A DNS name has at most 253 characters.
 const HOST_BUFFER_LEN: usize = 256;
 
 /// Calls `f` with the normalized form of a request host, lowercasing into a

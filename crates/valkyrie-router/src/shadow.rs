@@ -58,7 +58,7 @@ pub fn never_matching_routes(config: &Config) -> Vec<(usize, usize)> {
     shadowed_routes(&routes)
 }
 
-/// The same check over compiled routes.
+/// Runs the same check over compiled routes.
 pub(crate) fn shadowed_routes(routes: &[Route]) -> Vec<(usize, usize)> {
     let mut order: Vec<&Route> = routes.iter().collect();
     order.sort_by_key(|route| precedence_key(route));
@@ -121,7 +121,8 @@ impl<'r> Buckets<'r> {
         }
     }
 
-    /// The first position before `position` whose route covers that route.
+    /// Finds the first position before `position` whose route covers the route
+    /// at `position`.
     fn first_covering(&self, order: &[&Route], position: usize) -> Option<usize> {
         let route = order[position];
         let mut best: Option<usize> = None;
@@ -230,8 +231,8 @@ fn methods_cover(covering: &Route, route: &Route) -> bool {
         || (!route.methods.is_empty() && route.methods.iter().all(|m| covering.methods.contains(m)))
 }
 
-/// Checks that every condition in `covering` holds whenever all of
-/// `conditions` hold.
+/// Checks that every condition in `covering` is satisfied whenever all of
+/// `conditions` are.
 fn headers_cover(covering: &[HeaderCondition], conditions: &[HeaderCondition]) -> bool {
     covering.iter().all(|required| {
         conditions

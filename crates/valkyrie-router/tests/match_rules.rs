@@ -775,3 +775,72 @@ fn upstream_path_strips_prefix() {
         assert_eq!(matched.upstream_path(), expected, "path {path:?}");
     }
 }
+
+/// The example table of `docs/routing.md`, request for request.
+#[test]
+fn routing_doc_examples() {
+    let table = table(
+        r#"
+        [[routes]]
+        name = "admin-anywhere"
+        path_exact = "/admin"
+        upstream = "app"
+
+        [[routes]]
+        name = "shop"
+        host = "*.example.com"
+        upstream = "app"
+
+        [[routes]]
+        name = "api"
+        host = "api.example.com"
+        upstream = "app"
+
+        [[routes]]
+        name = "api-v1"
+        host = "api.example.com"
+        path_prefix = "/v1/"
+        upstream = "app"
+
+        [[routes]]
+        name = "api-v1-users"
+        host = "api.example.com"
+        path_prefix = "/v1/users"
+        upstream = "app"
+
+        [[routes]]
+        name = "api-v1-canary"
+        host = "api.example.com"
+        path_prefix = "/v1/"
+        headers = [{ name = "x-canary", value = "1" }]
+        upstream = "app"
+
+        [[routes]]
+        name = "api-v1-writes"
+        host = "api.example.com"
+        path_prefix = "/v1/"
+        methods = ["POST"]
+        upstream = "app"
+        "#,
+    );
+    let api = Some("api.example.com");
+    check(
+        &table,
+        &[
+            (get(api, "/admin"), Some("api")),
+            (get(Some("www.example.com"), "/admin"), Some("shop")),
+            (get(Some("example.com"), "/admin"), Some("admin-anywhere")),
+            (get(api, "/v1/users/7"), Some("api-v1-users")),
+            (get(api, "/v1/orders"), Some("api-v1")),
+            (get(api, "/v1/orders").method("POST"), Some("api-v1-writes")),
+            (
+                get(api, "/v1/orders")
+                    .method("POST")
+                    .headers(&[("x-canary", "1")]),
+                Some("api-v1-canary"),
+            ),
+            (get(api, "/v1/x/%2E%2E/users"), Some("api-v1-users")),
+            (get(Some("API.EXAMPLE.COM:8443"), "/v2"), Some("api")),
+        ],
+    );
+}

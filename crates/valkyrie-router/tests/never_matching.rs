@@ -44,7 +44,7 @@ fn narrower_route_of_equal_specificity() {
     let cases = [
         // Fewer methods.
         (r#"methods = ["GET", "POST"]"#, r#"methods = ["GET"]"#),
-        // A value where the first route only asks for presence.
+        // A value where the first route requires only presence.
         (
             r#"headers = [{ name = "x-a" }]"#,
             r#"headers = [{ name = "x-a", value = "1" }]"#,

@@ -100,7 +100,7 @@ fn reference_accepts(
     host_ok && path_ok && method_ok && headers_ok
 }
 
-/// The index of the route the documented rules pick for `request`.
+/// Picks the route for `request` by the documented rules and returns its index.
 fn reference_route(routes: &[Route], request: &Request) -> Option<usize> {
     let host = request.host.as_deref().map(reference_host);
     let path = normalize_path(&request.path);
@@ -257,7 +257,8 @@ fn picked(table: &RouteTable, request: &Request) -> Option<usize> {
 // ---------------------------------------------------------------------------
 // Plain paths and their encoded or dotted variants.
 
-/// A normalized path: segments of unreserved characters, `%2F` and UTF-8.
+/// Generates a normalized path of segments made of unreserved characters,
+/// `%2F` and UTF-8.
 fn plain_path() -> impl Strategy<Value = String> {
     let segment = prop::collection::vec(
         select(vec!["a", "Z", "0", "-", ".", "_", "~", "%2F", "é"]),
