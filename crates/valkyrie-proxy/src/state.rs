@@ -31,6 +31,44 @@ pub struct Snapshot {
     pub request_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_request_body_bytes: u64,
+    /// Set when a newer snapshot replaces this one, so the drop of the last
+    /// reference can report the grace period.
+    retired: std::sync::Mutex<Option<(std::time::Instant, Arc<SnapshotStats>)>>,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let retired = self.retired.get_mut().map(Option::take).unwrap_or(None);
+        if let Some((at, stats)) = retired {
+            stats.record_reclaim(at.elapsed());
+        }
+    }
+}
+
+/// Counts of snapshot publication and reclamation.
+#[derive(Default)]
+pub struct SnapshotStats {
+    /// Snapshots published after the first.
+    pub published: AtomicU64,
+    /// Nanoseconds from publishing a snapshot until the one it replaced was
+    /// freed, for the last one freed.
+    pub last_grace_nanos: AtomicU64,
+    on_reclaim: std::sync::OnceLock<Box<dyn Fn(Duration) + Send + Sync>>,
+}
+
+impl SnapshotStats {
+    /// Sets the function told about each grace period; only the first call counts.
+    pub fn set_on_reclaim(&self, callback: Box<dyn Fn(Duration) + Send + Sync>) {
+        let _ = self.on_reclaim.set(callback);
+    }
+
+    fn record_reclaim(&self, grace: Duration) {
+        self.last_grace_nanos
+            .store(grace.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(callback) = self.on_reclaim.get() {
+            callback(grace);
+        }
+    }
 }
 
 /// A snapshot that could not be built from a config.
@@ -89,6 +127,7 @@ impl Snapshot {
             request_header_timeout: config.server.request_header_timeout.0,
             idle_timeout: config.server.idle_timeout.0,
             max_request_body_bytes: config.server.max_request_body_bytes.0,
+            retired: std::sync::Mutex::new(None),
             config,
         })
     }
@@ -162,6 +201,7 @@ pub struct ProxyState {
     draining: AtomicBool,
     /// Downstream connections open now, for `max_connections` and draining.
     pub open_connections: AtomicU64,
+    pub snapshot_stats: Arc<SnapshotStats>,
 }
 
 impl ProxyState {
@@ -174,6 +214,7 @@ impl ProxyState {
             access_log: AtomicBool::new(access_log),
             draining: AtomicBool::new(false),
             open_connections: AtomicU64::new(0),
+            snapshot_stats: Arc::new(SnapshotStats::default()),
         }
     }
 
@@ -181,7 +222,12 @@ impl ProxyState {
     pub fn publish(&self, snapshot: Snapshot) {
         self.access_log
             .store(snapshot.config.logging.access_log, Ordering::Relaxed);
-        self.snapshot.store(Arc::new(snapshot));
+        let previous = self.snapshot.swap(Arc::new(snapshot));
+        *previous.retired.lock().unwrap() =
+            Some((std::time::Instant::now(), self.snapshot_stats.clone()));
+        self.snapshot_stats
+            .published
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn is_draining(&self) -> bool {

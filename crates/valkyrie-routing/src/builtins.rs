@@ -340,10 +340,12 @@ fn metrics_endpoint(control: &Control, request: &Request<Incoming>) -> Response<
     match request.uri().path() {
         "/health" => health(control),
         "/metrics" => {
-            let mut response = Response::new(full(control.counters.render(control)));
+            let mut response = Response::new(full(crate::metrics::render(control)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             response
         }

@@ -6,8 +6,10 @@ mod checks;
 mod cli;
 mod demo;
 mod logging;
+mod memory;
 mod metrics;
 mod service;
+mod window;
 
 use std::process::ExitCode;
 

@@ -1,66 +1,607 @@
-//! Counters gathered from finished requests and their Prometheus text.
+//! Every metric the router exports, by name, and their Prometheus text.
+//!
+//! Request metrics are gathered from finished requests through the
+//! [`Observer`] hook; component metrics (pools, routing engine, memory) are
+//! read from their owners at scrape time. Labels stay bounded: route,
+//! upstream, endpoint and error-kind names, never paths or addresses.
+//!
+//! Output order matters to the operators' runbook, which reads values with
+//! `grep` and `awk`: the requests-rate sample is the first line containing
+//! "rate", the only `quantile="0.99"` sample is the request-duration
+//! summary's, and the unlabelled totals of `valkyrie_routing_requests_total`
+//! and `valkyrie_routing_errors_total` are the last samples of their names.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use valkyrie_proxy::{ErrorKind, Observer, RequestRecord};
 
 use crate::service::Control;
+use crate::window::{RateWindow, SlidingQuantiles};
 
-/// Request and error totals.
+pub const REQUESTS_RATE: &str = "valkyrie_routing_requests_rate";
+pub const REQUESTS_TOTAL: &str = "valkyrie_routing_requests_total";
+pub const ERRORS_TOTAL: &str = "valkyrie_routing_errors_total";
+pub const REQUEST_DURATION: &str = "valkyrie_routing_request_duration_seconds";
+pub const REQUEST_DURATION_HISTOGRAM: &str = "valkyrie_routing_request_duration_histogram_seconds";
+pub const BUDGET_VIOLATIONS: &str = "valkyrie_routing_budget_violations";
+pub const FIT_OPERATIONS: &str = "valkyrie_fit_operations";
+pub const FIT_COLLISIONS: &str = "valkyrie_fit_collisions";
+pub const FIT_LOAD_FACTOR: &str = "valkyrie_fit_load_factor";
+pub const CRA_FRAGMENTATION: &str = "valkyrie_cra_fragmentation";
+pub const CRA_NODES: &str = "valkyrie_cra_nodes";
+pub const RCU_GRACE_PERIOD: &str = "valkyrie_rcu_grace_period_seconds";
+pub const RCU_GRACE_PERIOD_HISTOGRAM: &str = "valkyrie_rcu_grace_period_histogram_seconds";
+pub const RCU_PENDING_UPDATES: &str = "valkyrie_rcu_pending_updates";
+pub const RCU_SNAPSHOTS: &str = "valkyrie_rcu_snapshots_published";
+pub const POOL_SIZE: &str = "valkyrie_connection_pool_size";
+pub const POOL_ACTIVE: &str = "valkyrie_connection_pool_active";
+pub const POOL_IDLE: &str = "valkyrie_connection_pool_idle";
+pub const POOL_UTILIZATION: &str = "valkyrie_connection_pool_utilization";
+pub const CACHE_HITS: &str = "valkyrie_cache_hits";
+pub const CACHE_MISSES: &str = "valkyrie_cache_misses";
+pub const CACHE_HIT_RATE: &str = "valkyrie_cache_hit_rate";
+pub const QUEUE_DEPTH: &str = "valkyrie_request_queue_depth";
+pub const ACTIVE_ROUTES: &str = "valkyrie_active_routes";
+pub const RATE_LIMIT_REJECTED: &str = "valkyrie_rate_limit_rejected";
+pub const MEMORY_USAGE: &str = "valkyrie_memory_usage_bytes";
+pub const OPEN_CONNECTIONS: &str = "valkyrie_downstream_connections";
+pub const BUILD_INFO: &str = "valkyrie_build";
+pub const UPTIME: &str = "valkyrie_uptime_seconds";
+
+/// The summary's quantiles.
+const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+type UpstreamLabel = [(&'static str, String); 1];
+
+/// Counts of one route, shared between the observer and the renderer.
 #[derive(Default)]
-pub struct RequestCounters {
+struct RouteCounters {
     requests: AtomicU64,
-    errors: AtomicU64,
 }
 
-impl Observer for RequestCounters {
+/// Metrics fed by finished requests, plus the registry of component gauges
+/// that are refreshed at scrape time.
+pub struct Metrics {
+    routes: ArcSwap<HashMap<Arc<str>, Arc<RouteCounters>>>,
+    route_lock: std::sync::Mutex<()>,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    errors_by_kind: Vec<AtomicU64>,
+    server_errors: AtomicU64,
+    duration_window: SlidingQuantiles,
+    duration_sum_nanos: AtomicU64,
+    duration_count: AtomicU64,
+    rate: RateWindow,
+    registry: Registry,
+    duration_histogram: Histogram,
+    budget_violations: Counter,
+    budget_nanos: AtomicU64,
+    fit_operations: Counter,
+    fit_collisions: Counter,
+    fit_load_factor: Gauge<f64, AtomicU64>,
+    cra_fragmentation: Gauge<f64, AtomicU64>,
+    cra_nodes: Gauge,
+    rcu_grace_period: Gauge<f64, AtomicU64>,
+    rcu_grace_histogram: Histogram,
+    rcu_pending: Gauge,
+    rcu_snapshots: Counter,
+    pool_size: Family<UpstreamLabel, Gauge>,
+    pool_active: Family<UpstreamLabel, Gauge>,
+    pool_idle: Family<UpstreamLabel, Gauge>,
+    pool_utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_hit_rate: Gauge<f64, AtomicU64>,
+    queue_depth: Gauge,
+    active_routes: Gauge,
+    rate_limit_rejected: Family<[(&'static str, String); 1], Counter>,
+    memory_usage: Gauge,
+    open_connections: Gauge,
+}
+
+impl Metrics {
+    pub fn new(budget: std::time::Duration) -> Metrics {
+        let mut registry = Registry::default();
+        let duration_histogram = Histogram::new(exponential_buckets(2e-6, 2.0, 22));
+        let rcu_grace_histogram = Histogram::new(exponential_buckets(1e-4, 2.0, 20));
+        let metrics = Metrics {
+            routes: ArcSwap::from_pointee(HashMap::new()),
+            route_lock: std::sync::Mutex::new(()),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            errors_by_kind: ErrorKind::all().iter().map(|_| AtomicU64::new(0)).collect(),
+            server_errors: AtomicU64::new(0),
+            duration_window: SlidingQuantiles::new(),
+            duration_sum_nanos: AtomicU64::new(0),
+            duration_count: AtomicU64::new(0),
+            rate: RateWindow::new(),
+            duration_histogram: duration_histogram.clone(),
+            budget_violations: Counter::default(),
+            budget_nanos: AtomicU64::new(budget.as_nanos() as u64),
+            fit_operations: Counter::default(),
+            fit_collisions: Counter::default(),
+            fit_load_factor: Gauge::default(),
+            cra_fragmentation: Gauge::default(),
+            cra_nodes: Gauge::default(),
+            rcu_grace_period: Gauge::default(),
+            rcu_grace_histogram: rcu_grace_histogram.clone(),
+            rcu_pending: Gauge::default(),
+            rcu_snapshots: Counter::default(),
+            pool_size: Family::default(),
+            pool_active: Family::default(),
+            pool_idle: Family::default(),
+            pool_utilization: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_hit_rate: Gauge::default(),
+            queue_depth: Gauge::default(),
+            active_routes: Gauge::default(),
+            rate_limit_rejected: Family::default(),
+            memory_usage: Gauge::default(),
+            open_connections: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            REQUEST_DURATION_HISTOGRAM,
+            "Router-added latency per request (time before the upstream request head is sent plus time after the response head arrives), as a histogram that aggregates across replicas",
+            duration_histogram,
+        );
+        registry.register(
+            BUDGET_VIOLATIONS,
+            "Requests whose router-added latency exceeded [routing] performance_budget",
+            metrics.budget_violations.clone(),
+        );
+        registry.register(
+            FIT_OPERATIONS,
+            "Lookups, inserts and removes on FIT tables",
+            metrics.fit_operations.clone(),
+        );
+        registry.register(
+            FIT_COLLISIONS,
+            "FIT probes past the home slot group plus fingerprint matches whose key differed",
+            metrics.fit_collisions.clone(),
+        );
+        registry.register(
+            FIT_LOAD_FACTOR,
+            "Live entries per slot in the live snapshot's FIT tables",
+            metrics.fit_load_factor.clone(),
+        );
+        registry.register(
+            CRA_FRAGMENTATION,
+            "Dead arena space divided by arena size in the live snapshot's CRA trees",
+            metrics.cra_fragmentation.clone(),
+        );
+        registry.register(
+            CRA_NODES,
+            "Nodes in the live snapshot's CRA trees",
+            metrics.cra_nodes.clone(),
+        );
+        registry.register(
+            RCU_GRACE_PERIOD,
+            "Seconds from publishing a routing snapshot until the one it replaced was freed, for the last freed snapshot",
+            metrics.rcu_grace_period.clone(),
+        );
+        registry.register(
+            RCU_GRACE_PERIOD_HISTOGRAM,
+            "RCU grace periods in seconds",
+            rcu_grace_histogram,
+        );
+        registry.register(
+            RCU_PENDING_UPDATES,
+            "Routing updates waiting for the next snapshot",
+            metrics.rcu_pending.clone(),
+        );
+        registry.register(
+            RCU_SNAPSHOTS,
+            "Routing snapshots published",
+            metrics.rcu_snapshots.clone(),
+        );
+        registry.register(
+            POOL_SIZE,
+            "Configured idle connections kept per upstream, summed over its endpoints",
+            metrics.pool_size.clone(),
+        );
+        registry.register(
+            POOL_ACTIVE,
+            "Upstream connections carrying a request now",
+            metrics.pool_active.clone(),
+        );
+        registry.register(
+            POOL_IDLE,
+            "Idle upstream connections kept for reuse",
+            metrics.pool_idle.clone(),
+        );
+        registry.register(
+            POOL_UTILIZATION,
+            "Busy upstream connections divided by the pool size",
+            metrics.pool_utilization.clone(),
+        );
+        registry.register(
+            CACHE_HITS,
+            "Route decision cache hits",
+            metrics.cache_hits.clone(),
+        );
+        registry.register(
+            CACHE_MISSES,
+            "Route decision cache misses",
+            metrics.cache_misses.clone(),
+        );
+        registry.register(
+            CACHE_HIT_RATE,
+            "Route decision cache hits divided by lookups",
+            metrics.cache_hit_rate.clone(),
+        );
+        registry.register(
+            QUEUE_DEPTH,
+            "Requests waiting for a concurrency slot",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            ACTIVE_ROUTES,
+            "Routes plus key-table entries in the live snapshot",
+            metrics.active_routes.clone(),
+        );
+        registry.register(
+            RATE_LIMIT_REJECTED,
+            "Requests rejected by a rate limit, by route",
+            metrics.rate_limit_rejected.clone(),
+        );
+        registry.register(
+            MEMORY_USAGE,
+            "Resident bytes reported by the allocator",
+            metrics.memory_usage.clone(),
+        );
+        registry.register(
+            OPEN_CONNECTIONS,
+            "Downstream connections open now",
+            metrics.open_connections.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    fn route_counters(&self, route: &Arc<str>) -> Arc<RouteCounters> {
+        if let Some(counters) = self.routes.load().get(route) {
+            return counters.clone();
+        }
+        // A new route name: copy the map once. Names are bounded by the config.
+        let _guard = self.route_lock.lock().unwrap();
+        let current = self.routes.load_full();
+        if let Some(counters) = current.get(route) {
+            return counters.clone();
+        }
+        let mut next = (*current).clone();
+        let counters = Arc::new(RouteCounters::default());
+        next.insert(route.clone(), counters.clone());
+        self.routes.store(Arc::new(next));
+        counters
+    }
+
+    /// Sets the budget above which a request counts as a violation.
+    pub fn set_budget(&self, budget: std::time::Duration) {
+        self.budget_nanos
+            .store(budget.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Counts a request rejected by a rate limit on `route`.
+    #[allow(dead_code)] // NOTE: called once rate limiting exists.
+    pub fn rate_limit_rejected(&self, route: &str) {
+        self.rate_limit_rejected.get_or_create(&[("route", route.to_string())]).inc();
+    }
+
+    /// Records one snapshot grace period in the histogram.
+    pub fn observe_grace_period(&self, grace: std::time::Duration) {
+        self.rcu_grace_histogram.observe(grace.as_secs_f64());
+    }
+}
+
+impl Observer for Metrics {
     fn on_request(&self, record: &RequestRecord) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if record.error.is_some() || record.status >= 500 {
+        self.rate.record();
+        if let Some(route) = &record.route {
+            self.route_counters(route)
+                .requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(kind) = record.error {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(index) = ErrorKind::all().iter().position(|k| *k == kind) {
+                self.errors_by_kind[index].fetch_add(1, Ordering::Relaxed);
+            }
+        } else if record.status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        // Requests answered without an upstream (404s, built-ins) add no
+        // routing latency worth tracking.
+        if record.upstream_time.is_some() {
+            let nanos = record.router_added.as_nanos() as u64;
+            self.duration_window.record(nanos);
+            self.duration_sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+            self.duration_count.fetch_add(1, Ordering::Relaxed);
+            self.duration_histogram
+                .observe(record.router_added.as_secs_f64());
+            if nanos > self.budget_nanos.load(Ordering::Relaxed) {
+                self.budget_violations.inc();
+            }
         }
     }
 }
 
-impl RequestCounters {
-    pub fn render(&self, control: &Control) -> String {
-        let mut text = String::new();
-        let _ = writeln!(text, "# HELP valkyrie_build_info Build information.");
-        let _ = writeln!(text, "# TYPE valkyrie_build_info gauge");
-        let _ = writeln!(
-            text,
-            "valkyrie_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let _ = writeln!(
-            text,
-            "# HELP valkyrie_routing_requests_total Requests routed."
-        );
-        let _ = writeln!(text, "# TYPE valkyrie_routing_requests_total counter");
-        let _ = writeln!(
-            text,
-            "valkyrie_routing_requests_total {}",
-            self.requests.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            text,
-            "# HELP valkyrie_routing_errors_total Failed requests."
-        );
-        let _ = writeln!(text, "# TYPE valkyrie_routing_errors_total counter");
-        let _ = writeln!(
-            text,
-            "valkyrie_routing_errors_total {}",
-            self.errors.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(text, "# HELP valkyrie_uptime_seconds Seconds since start.");
-        let _ = writeln!(text, "# TYPE valkyrie_uptime_seconds gauge");
-        let _ = writeln!(
-            text,
-            "valkyrie_uptime_seconds {}",
-            control.started.elapsed().as_secs()
-        );
-        let _ = ErrorKind::all();
-        text
+/// Renders the metrics text for a scrape.
+pub fn render(control: &Control) -> String {
+    let metrics = &control.metrics;
+    refresh_components(control);
+    let mut text = String::with_capacity(16 * 1024);
+
+    // Kept first and without metadata lines, so `grep rate | head -1` finds it.
+    let _ = writeln!(text, "{REQUESTS_RATE} {:.3}", metrics.rate.per_second());
+
+    write_requests(&mut text, metrics);
+    write_errors(&mut text, metrics);
+    write_summary(&mut text, metrics);
+    write_info(&mut text, control);
+    write_process(&mut text);
+
+    let mut registry_text = String::new();
+    if prometheus_client::encoding::text::encode(&mut registry_text, &metrics.registry).is_ok() {
+        text.push_str(&registry_text);
     }
+    if !text.ends_with("# EOF\n") {
+        text.push_str("# EOF\n");
+    }
+    text
+}
+
+fn write_requests(text: &mut String, metrics: &Metrics) {
+    let _ = writeln!(text, "# HELP valkyrie_routing_requests Requests routed, by route; the sample without labels is the total.");
+    let _ = writeln!(text, "# TYPE valkyrie_routing_requests counter");
+    let routes = metrics.routes.load();
+    let mut names: Vec<&Arc<str>> = routes.keys().collect();
+    names.sort();
+    for name in names {
+        let count = routes[name].requests.load(Ordering::Relaxed);
+        let _ = writeln!(
+            text,
+            "{REQUESTS_TOTAL}{{route=\"{}\"}} {count}",
+            escape(name)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "{REQUESTS_TOTAL} {}",
+        metrics.requests.load(Ordering::Relaxed)
+    );
+}
+
+fn write_errors(text: &mut String, metrics: &Metrics) {
+    let _ = writeln!(text, "# HELP valkyrie_routing_errors Failed requests by kind (5xx answers from upstreams are kind upstream_5xx); the sample without labels is the total.");
+    let _ = writeln!(text, "# TYPE valkyrie_routing_errors counter");
+    for (kind, count) in ErrorKind::all().iter().zip(&metrics.errors_by_kind) {
+        let _ = writeln!(
+            text,
+            "{ERRORS_TOTAL}{{kind=\"{}\"}} {}",
+            kind.as_str(),
+            count.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "{ERRORS_TOTAL}{{kind=\"upstream_5xx\"}} {}",
+        metrics.server_errors.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        text,
+        "{ERRORS_TOTAL} {}",
+        metrics.errors.load(Ordering::Relaxed)
+    );
+}
+
+fn write_summary(text: &mut String, metrics: &Metrics) {
+    let (values, window_count) = metrics.duration_window.quantiles(&QUANTILES);
+    let _ = writeln!(text, "# HELP {REQUEST_DURATION} Router-added latency per request over the last minute: time before the upstream request head is sent plus time after the response head arrives.");
+    let _ = writeln!(text, "# TYPE {REQUEST_DURATION} summary");
+    for (quantile, value) in QUANTILES.iter().zip(values) {
+        let _ = writeln!(
+            text,
+            "{REQUEST_DURATION}{{quantile=\"{quantile}\"}} {value:.9}"
+        );
+    }
+    let sum = metrics.duration_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    let _ = writeln!(text, "{REQUEST_DURATION}_sum {sum:.9}");
+    // `_sum` and `_count` cover all time, the quantiles only the window.
+    let _ = window_count;
+    let _ = writeln!(
+        text,
+        "{REQUEST_DURATION}_count {}",
+        metrics.duration_count.load(Ordering::Relaxed)
+    );
+}
+
+fn write_info(text: &mut String, control: &Control) {
+    let status = control.status();
+    let _ = writeln!(
+        text,
+        "# HELP {BUILD_INFO} Build and config version of this process."
+    );
+    let _ = writeln!(text, "# TYPE {BUILD_INFO} info");
+    let _ = writeln!(
+        text,
+        "{BUILD_INFO}_info{{version=\"{}\",config_version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        escape(&status.version)
+    );
+    let _ = writeln!(text, "# HELP {UPTIME} Seconds since the process started.");
+    let _ = writeln!(text, "# TYPE {UPTIME} gauge");
+    let _ = writeln!(text, "{UPTIME} {}", control.started.elapsed().as_secs());
+}
+
+/// Writes the standard `process_*` metrics read from `/proc/self`.
+fn write_process(text: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let ticks = 100.0; // USER_HZ on Linux
+    let page = 4096.0;
+    let cpu = (field(14) + field(15)) / ticks;
+    let threads = field(20);
+    let start_ticks = field(22);
+    let virtual_bytes = field(23);
+    let resident = field(24) * page;
+    let boot_time = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("btime"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let metrics = [
+        (
+            "process_cpu_seconds",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            format!("{cpu}"),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            format!("{resident}"),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            format!("{virtual_bytes}"),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads.",
+            format!("{threads}"),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            format!("{open_fds}"),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch in seconds.",
+            format!("{}", boot_time + start_ticks / ticks),
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} {kind}");
+        let sample = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
+        let _ = writeln!(text, "{sample} {value}");
+    }
+}
+
+/// Copies component state into the registry's gauges before encoding.
+fn refresh_components(control: &Control) {
+    let metrics = &control.metrics;
+    let state = control.state();
+    let snapshot = state.snapshot.load();
+
+    metrics
+        .open_connections
+        .set(state.open_connections.load(Ordering::Relaxed) as i64);
+    let snapshots = &state.snapshot_stats;
+    let published = snapshots.published.load(Ordering::Relaxed);
+    metrics
+        .rcu_snapshots
+        .inc_by(published.saturating_sub(metrics.rcu_snapshots.get()));
+    metrics
+        .rcu_grace_period
+        .set(snapshots.last_grace_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+    metrics
+        .active_routes
+        .set(snapshot.routes.routes().len() as i64);
+    metrics
+        .memory_usage
+        .set(crate::memory::resident_bytes().unwrap_or(0) as i64);
+
+    // Every route gets a rate-limit sample, zero until a limit rejects a request.
+    for route in snapshot.routes.routes() {
+        let _ = metrics.rate_limit_rejected.get_or_create(&[("route", route.name.to_string())]);
+    }
+
+    for upstream in &snapshot.upstreams {
+        let label = [("upstream", upstream.name.to_string())];
+        let mut size = 0u64;
+        let mut active = 0u64;
+        let mut idle = 0u64;
+        for endpoint in &upstream.endpoints {
+            let stats = &endpoint.pool.stats;
+            size += endpoint.pool.max_idle() as u64;
+            active += stats.active.load(Ordering::Relaxed) as u64;
+            idle += stats.idle.load(Ordering::Relaxed) as u64;
+        }
+        metrics.pool_size.get_or_create(&label).set(size as i64);
+        metrics.pool_active.get_or_create(&label).set(active as i64);
+        metrics.pool_idle.get_or_create(&label).set(idle as i64);
+        let utilization = if size == 0 {
+            0.0
+        } else {
+            active as f64 / size as f64
+        };
+        metrics
+            .pool_utilization
+            .get_or_create(&label)
+            .set(utilization);
+    }
+
+    let hits = metrics.cache_hits.get();
+    let misses = metrics.cache_misses.get();
+    let lookups = hits + misses;
+    metrics.cache_hit_rate.set(if lookups == 0 {
+        0.0
+    } else {
+        hits as f64 / lookups as f64
+    });
+}
+
+/// Escapes a label value for the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

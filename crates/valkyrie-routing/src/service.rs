@@ -118,7 +118,7 @@ pub struct Control {
     pub admin_allow: arc_swap::ArcSwap<CidrSet>,
     pub admin_token: Option<String>,
     pub has_admin_listener: bool,
-    pub counters: Arc<crate::metrics::RequestCounters>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Control {
@@ -224,6 +224,7 @@ impl Control {
         let allow = CidrSet::parse(config.admin.allow.iter().map(String::as_str))?;
         state.publish(snapshot);
         self.admin_allow.store(Arc::new(allow));
+        self.metrics.set_budget(config.routing.performance_budget.0);
         let mut status = self.status.lock().unwrap();
         status.version = version;
         status.loaded_at = now_rfc3339();
@@ -395,12 +396,18 @@ pub async fn start(
         admin_allow: arc_swap::ArcSwap::from_pointee(admin_allow),
         admin_token: read_admin_token(&config)?,
         has_admin_listener: config.admin.listen.is_some(),
-        counters: Arc::new(crate::metrics::RequestCounters::default()),
+        metrics: Arc::new(crate::metrics::Metrics::new(
+            config.routing.performance_budget.0,
+        )),
     });
 
     let mut state = ProxyState::new(snapshot);
     state.builtins = Some(Arc::new(Builtins::new(control.clone())));
-    state.observers.push(control.counters.clone());
+    state.observers.push(control.metrics.clone());
+    let metrics = control.metrics.clone();
+    state
+        .snapshot_stats
+        .set_on_reclaim(Box::new(move |grace| metrics.observe_grace_period(grace)));
     let state = Arc::new(state);
     let _ = control.state.set(state.clone());
     let server = Server::new(state.clone());
