@@ -1,12 +1,14 @@
 //! CRA, the compressed radix arena: a path-compressed radix tree over bytes
 //! whose nodes live in one `Vec` and are addressed by `u32` index.
 //!
-//! Each node stores the range of its edge label in one shared label arena,
-//! the index and count of its children, and up to two value ids: one for an
-//! exact entry and one for a prefix entry ending at that node. The children
-//! of a node sit next to each other in the node array, sorted by the first
-//! byte of their label, and those first bytes are kept in a parallel byte
-//! array, so choosing a child scans a few adjacent bytes.
+//! Each node stores its edge label (inline when it has at most 4 bytes,
+//! otherwise as an offset into one shared label arena), the first byte of
+//! that label, the index and count of its children, and up to two value ids:
+//! one for an exact entry and one for a prefix entry ending at that node. The
+//! children of a node sit next to each other in the node array, sorted by
+//! first byte, so choosing among a few children reads adjacent nodes and the
+//! label usually comes with the node. A parallel array of first bytes serves
+//! binary search among many children.
 //!
 //! Prefix entries match by bytes: the prefix `/api` matches `/api`, `/api/v1`
 //! and `/apiary`. A caller that wants segment boundaries inserts `/api/` as a
@@ -38,25 +40,46 @@ pub enum MatchKind {
     Prefix,
 }
 
+/// Longest label stored inside its node.
+const INLINE_LABEL: usize = 4;
+
+/// Children scanned one by one; larger sibling blocks are binary searched
+/// through `Cra::first_bytes`.
+const LINEAR_SCAN_CHILDREN: usize = 16;
+
 #[derive(Clone, Copy, Debug)]
 struct Node {
-    label_offset: u32,
+    /// Label bytes when `label_len <= INLINE_LABEL`, otherwise the label's
+    /// offset in the label arena as a little-endian `u32`.
+    label: [u8; INLINE_LABEL],
     label_len: u32,
     first_child: u32,
-    child_count: u32,
     exact: u32,
     prefix: u32,
+    /// At most 256, one child per byte value.
+    child_count: u16,
+    first_byte: u8,
 }
 
 impl Node {
-    const fn leaf(label_offset: u32, label_len: u32) -> Node {
+    const fn leaf(label: [u8; INLINE_LABEL], label_len: u32, first_byte: u8) -> Node {
         Node {
-            label_offset,
+            label,
             label_len,
             first_child: 0,
-            child_count: 0,
             exact: NONE,
             prefix: NONE,
+            child_count: 0,
+            first_byte,
+        }
+    }
+
+    /// Returns the number of label bytes this node keeps in the arena.
+    fn arena_label_len(&self) -> usize {
+        if self.label_len as usize > INLINE_LABEL {
+            self.label_len as usize
+        } else {
+            0
         }
     }
 
@@ -96,7 +119,7 @@ impl<V> Cra<V> {
     /// Creates an empty tree holding only the root node.
     pub fn new() -> Self {
         Self {
-            nodes: vec![Node::leaf(0, 0)],
+            nodes: vec![Node::leaf([0; INLINE_LABEL], 0, 0)],
             first_bytes: vec![0],
             labels: Vec::new(),
             values: Vec::new(),
@@ -278,6 +301,7 @@ impl<V> Cra<V> {
         // `order[i]` is the old node copied into new node `i`; the queue is
         // the tail of `order` not yet expanded.
         let mut order = vec![0usize];
+        let mut label = Vec::new();
         compacted.nodes[0].exact =
             self.move_value(self.nodes[0].exact, &mut compacted, &mut value_map);
         compacted.nodes[0].prefix =
@@ -289,8 +313,8 @@ impl<V> Cra<V> {
             let children = self.child_range(old);
             for child in children.clone() {
                 let mut last = child;
-                let label_offset = compacted.labels.len();
-                compacted.labels.extend_from_slice(self.label(child));
+                label.clear();
+                label.extend_from_slice(self.label(child));
                 // Merge a chain of single children without values into one
                 // node, whose label is the concatenation of the chain.
                 while self.nodes[last].child_count == 1
@@ -298,12 +322,9 @@ impl<V> Cra<V> {
                     && self.nodes[last].prefix == NONE
                 {
                     last = self.nodes[last].first_child as usize;
-                    compacted.labels.extend_from_slice(self.label(last));
+                    label.extend_from_slice(self.label(last));
                 }
-                let mut node = Node::leaf(
-                    to_u32(label_offset),
-                    to_u32(compacted.labels.len() - label_offset),
-                );
+                let mut node = compacted.new_leaf(&label);
                 node.exact =
                     self.move_value(self.nodes[last].exact, &mut compacted, &mut value_map);
                 node.prefix =
@@ -313,7 +334,7 @@ impl<V> Cra<V> {
                 order.push(last);
             }
             compacted.nodes[next].first_child = to_u32(start);
-            compacted.nodes[next].child_count = to_u32(children.len());
+            compacted.nodes[next].child_count = children.len() as u16;
             next += 1;
         }
         for (old_id, &new_id) in value_map.iter().enumerate() {
@@ -365,8 +386,55 @@ impl<V> Cra<V> {
     #[inline(always)]
     fn label(&self, node: usize) -> &[u8] {
         let node = &self.nodes[node];
-        let start = node.label_offset as usize;
-        &self.labels[start..start + node.label_len as usize]
+        let len = node.label_len as usize;
+        if len <= INLINE_LABEL {
+            &node.label[..len]
+        } else {
+            let start = u32::from_le_bytes(node.label) as usize;
+            &self.labels[start..start + len]
+        }
+    }
+
+    /// Creates an unlinked leaf node for `label`, storing the label inline
+    /// or appending it to the label arena.
+    fn new_leaf(&mut self, label: &[u8]) -> Node {
+        let first_byte = label.first().copied().unwrap_or(0);
+        Node::leaf(self.store_label(label), to_u32(label.len()), first_byte)
+    }
+
+    /// Returns the `label` field for `bytes`: the bytes themselves if short,
+    /// otherwise their offset after appending them to the arena.
+    fn store_label(&mut self, bytes: &[u8]) -> [u8; INLINE_LABEL] {
+        if bytes.len() <= INLINE_LABEL {
+            let mut inline = [0; INLINE_LABEL];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            inline
+        } else {
+            let offset = to_u32(self.labels.len());
+            self.labels.extend_from_slice(bytes);
+            offset.to_le_bytes()
+        }
+    }
+
+    /// Returns the `label` field for bytes `start..end` of `node`'s label
+    /// without appending to the arena. A part short enough to move inline
+    /// leaves its arena bytes dead.
+    fn sub_label(&mut self, node: &Node, start: usize, end: usize) -> [u8; INLINE_LABEL] {
+        let len = node.label_len as usize;
+        if len <= INLINE_LABEL {
+            let mut inline = [0; INLINE_LABEL];
+            inline[..end - start].copy_from_slice(&node.label[start..end]);
+            return inline;
+        }
+        let offset = u32::from_le_bytes(node.label) as usize;
+        if end - start <= INLINE_LABEL {
+            let mut inline = [0; INLINE_LABEL];
+            inline[..end - start].copy_from_slice(&self.labels[offset + start..offset + end]);
+            self.dead_label_bytes += end - start;
+            inline
+        } else {
+            to_u32(offset + start).to_le_bytes()
+        }
     }
 
     fn child_range(&self, node: usize) -> std::ops::Range<usize> {
@@ -379,14 +447,18 @@ impl<V> Cra<V> {
     fn find_child(&self, node: usize, byte: u8) -> Option<usize> {
         let node = &self.nodes[node];
         let start = node.first_child as usize;
-        let count = node.child_count as usize;
-        let bytes = &self.first_bytes[start..start + count];
-        let index = if count <= 16 {
-            bytes.iter().position(|&b| b == byte)?
+        let count = usize::from(node.child_count);
+        if count <= LINEAR_SCAN_CHILDREN {
+            let index = self.nodes[start..start + count]
+                .iter()
+                .position(|child| child.first_byte == byte)?;
+            Some(start + index)
         } else {
-            bytes.binary_search(&byte).ok()?
-        };
-        Some(start + index)
+            let index = self.first_bytes[start..start + count]
+                .binary_search(&byte)
+                .ok()?;
+            Some(start + index)
+        }
     }
 
     /// Descends along `path` and returns the exact value id at its end (if
@@ -476,20 +548,23 @@ impl<V> Cra<V> {
     /// label with the old children and values. No label bytes are copied.
     fn split(&mut self, node: usize, at: usize) {
         let old = self.nodes[node];
+        let len = old.label_len as usize;
         let mut tail = old;
-        tail.label_offset += to_u32(at);
-        tail.label_len -= to_u32(at);
+        tail.first_byte = self.label(node)[at];
+        tail.label = self.sub_label(&old, at, len);
+        tail.label_len = to_u32(len - at);
+        let head_label = self.sub_label(&old, 0, at);
         let tail_index = to_u32(self.nodes.len());
-        self.first_bytes
-            .push(self.labels[tail.label_offset as usize]);
+        self.first_bytes.push(tail.first_byte);
         self.nodes.push(tail);
         self.nodes[node] = Node {
-            label_offset: old.label_offset,
+            label: head_label,
             label_len: to_u32(at),
             first_child: tail_index,
-            child_count: 1,
             exact: NONE,
             prefix: NONE,
+            child_count: 1,
+            first_byte: old.first_byte,
         };
     }
 
@@ -497,9 +572,7 @@ impl<V> Cra<V> {
     /// sibling block grows in place when it ends the arena; otherwise it is
     /// copied to the end and the old block becomes dead space.
     fn add_child(&mut self, node: usize, label: &[u8]) -> usize {
-        let label_offset = to_u32(self.labels.len());
-        self.labels.extend_from_slice(label);
-        let leaf = Node::leaf(label_offset, to_u32(label.len()));
+        let leaf = self.new_leaf(label);
         let range = self.child_range(node);
         let at = self.first_bytes[range.clone()].partition_point(|&b| b < label[0]);
         if range.end == self.nodes.len() && !range.is_empty() {
@@ -526,13 +599,13 @@ impl<V> Cra<V> {
     /// later siblings down; the last slot of the block becomes dead.
     fn unlink_child(&mut self, parent: usize, child: usize) {
         let range = self.child_range(parent);
-        self.dead_label_bytes += self.nodes[child].label_len as usize;
+        self.dead_label_bytes += self.nodes[child].arena_label_len();
         self.nodes.copy_within(child + 1..range.end, child);
         self.first_bytes.copy_within(child + 1..range.end, child);
         self.nodes[parent].child_count -= 1;
         self.dead_nodes += 1;
         // Keep the dead slot harmless for `entries` and debug output.
-        self.nodes[range.end - 1] = Node::leaf(0, 0);
+        self.nodes[range.end - 1] = Node::leaf([0; INLINE_LABEL], 0, 0);
     }
 
     fn move_value(&mut self, id: u32, into: &mut Cra<V>, value_map: &mut [u32]) -> u32 {

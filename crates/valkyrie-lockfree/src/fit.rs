@@ -1,18 +1,27 @@
 //! FIT, the fingerprinted ID table: an open-addressing exact-match table
 //! keyed by byte strings.
 //!
-//! Slots are arranged in groups of eight, and each group fills exactly one
-//! 64-byte cache line: eight 16-bit tags (a fingerprint taken from the top
-//! bits of the hash, or a marker for an empty or deleted slot), eight key
-//! lengths and eight offsets into one shared key arena. A lookup compares the
-//! tags of a whole group at once and touches key bytes only for a tag match,
-//! so with 16-bit tags a miss almost never reads a key. Values live in a
-//! separate array indexed by slot, which the CPU can load while it compares
+//! Slots are arranged in groups of seven, and each group fills exactly one
+//! 64-byte cache line: eight 16-bit tag lanes, eight key-length lanes and
+//! eight key-offset lanes. Lanes 0 to 6 describe slots: the tag is a
+//! fingerprint from the hash (or 0 for an empty slot), and the offset points
+//! into one shared key arena. Lane 7 holds the group's overflow count (see
+//! below) in its offset field and a tag no key can have. A lookup compares
+//! the eight tags of a group at once and touches key bytes only for a tag
+//! match, so with 16-bit tags a miss almost never reads a key. Values live in
+//! a separate array indexed by slot, which the CPU can load while it compares
 //! the key bytes.
 //!
-//! Probing moves group by group along a triangular sequence (home, +1, +3,
-//! +6, ...), which visits every group once because the group count is a power
-//! of two. A lookup stops at the first group that contains an empty slot.
+//! The group count is prime, so the table stays close to its configured load
+//! factor. The home group is the high half of the 64x64-bit product of the
+//! hash and the group count, and the tag comes from the low 16 bits of the
+//! hash, which the home group does not depend on. An insert that finds its
+//! home group full probes further groups by double hashing (a per-key step
+//! taken from other hash bits) and adds one to the overflow count of every
+//! group it passes. A
+//! lookup stops at the first group whose overflow count is 0, so a miss
+//! usually reads one cache line even at high load. A remove empties its slot
+//! and decrements the counts again, so the table needs no tombstones.
 //!
 //! Keys are compared byte for byte. Host names are case-insensitive, so the
 //! caller lowercases them (for example with [`<[u8]>::to_ascii_lowercase`] or
@@ -30,50 +39,56 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-/// Slots per group; one group is one 64-byte cache line.
-const GROUP_WIDTH: usize = 8;
-/// Tag of a slot that never held an entry since the last rebuild.
+/// Lanes per group; one group is one 64-byte cache line.
+const LANES: usize = 8;
+/// Slots per group: every lane but the last.
+const GROUP_WIDTH: usize = LANES - 1;
+/// Lane whose offset field holds the overflow count.
+const OVERFLOW_LANE: usize = LANES - 1;
+/// Tag of an empty slot.
 const EMPTY: u16 = 0;
-/// Tag of a slot whose entry was removed; lookups probe past it.
-const DELETED: u16 = 1;
+/// Tag of the overflow lane, which no key's tag equals.
+const RESERVED: u16 = 1;
 /// Maximum key length in bytes, set by the 16-bit length field of a slot.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// Maximum configurable load factor. At least one slot in 16 stays empty so
-/// that a miss ends within a few groups.
+/// that an insert finds a free slot within a few groups.
 pub const MAX_LOAD_FACTOR: f64 = 0.9375;
 
-/// Tags, key lengths and key offsets of eight slots, aligned to a cache line.
+/// Tags, key lengths and key offsets of seven slots plus the overflow count,
+/// aligned to a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Group {
-    tags: [u16; GROUP_WIDTH],
-    key_lens: [u16; GROUP_WIDTH],
-    key_offsets: [u32; GROUP_WIDTH],
+    tags: [u16; LANES],
+    key_lens: [u16; LANES],
+    key_offsets: [u32; LANES],
 }
 
 impl Group {
-    const EMPTY: Group = Group {
-        tags: [EMPTY; GROUP_WIDTH],
-        key_lens: [0; GROUP_WIDTH],
-        key_offsets: [0; GROUP_WIDTH],
+    const EMPTY: Group = {
+        let mut tags = [EMPTY; LANES];
+        tags[OVERFLOW_LANE] = RESERVED;
+        Group {
+            tags,
+            key_lens: [0; LANES],
+            key_offsets: [0; LANES],
+        }
     };
 
-    /// Returns a bit mask with bit `i` set where `tags[i] == tag`. LLVM turns
-    /// this loop into one SSE2 compare and a move-mask on x86-64.
+    /// Returns the number of stored keys whose probe passed this group.
+    #[inline(always)]
+    fn overflow(&self) -> u32 {
+        self.key_offsets[OVERFLOW_LANE]
+    }
+
+    /// Returns a bit mask with bit `i` set where `tags[i] == tag`. The loop
+    /// has a fixed length of 8 so that LLVM can vectorize it.
     #[inline(always)]
     fn match_tag(&self, tag: u16) -> u32 {
         let mut mask = 0u32;
         for (i, &t) in self.tags.iter().enumerate() {
             mask |= u32::from(t == tag) << i;
-        }
-        mask
-    }
-
-    #[inline(always)]
-    fn match_free(&self) -> u32 {
-        let mut mask = 0u32;
-        for (i, &t) in self.tags.iter().enumerate() {
-            mask |= u32::from(t <= DELETED) << i;
         }
         mask
     }
@@ -149,10 +164,8 @@ pub struct FitStats {
     pub collisions: u64,
     /// Live entries.
     pub len: usize,
-    /// Slots allocated (a power of two, at least 8).
+    /// Slots allocated: 7 per group, with a prime number of groups.
     pub slots: usize,
-    /// Slots holding a deleted marker; they count toward the growth limit.
-    pub tombstones: usize,
     /// `len / slots`.
     pub load_factor: f64,
     /// Bytes in the key arena, including bytes of removed keys.
@@ -174,8 +187,7 @@ pub struct Fit<V> {
     keys: Vec<u8>,
     dead_key_bytes: usize,
     len: usize,
-    tombstones: usize,
-    /// Entries plus tombstones allowed before the next insert rebuilds.
+    /// Entries allowed before the next insert rebuilds.
     growth_limit: usize,
     max_load_factor: f64,
     hasher: RandomState,
@@ -185,8 +197,8 @@ pub struct Fit<V> {
 
 impl<V> Fit<V> {
     /// Creates a table that holds `capacity` entries without rebuilding and
-    /// rebuilds into a larger one when entries plus tombstones would exceed
-    /// `load_factor` of the slots.
+    /// rebuilds into a larger one when entries would exceed `load_factor` of
+    /// the slots.
     ///
     /// # Panics
     ///
@@ -204,7 +216,6 @@ impl<V> Fit<V> {
             keys: Vec::new(),
             dead_key_bytes: 0,
             len: 0,
-            tombstones: 0,
             growth_limit: growth_limit(group_count, load_factor),
             max_load_factor: load_factor,
             hasher: RandomState::default(),
@@ -223,7 +234,8 @@ impl<V> Fit<V> {
         self.len == 0
     }
 
-    /// Returns the number of slots (a power of two, at least 8).
+    /// Returns the number of slots: 7 per group, with a prime number of
+    /// groups.
     pub fn slots(&self) -> usize {
         self.groups.len() * GROUP_WIDTH
     }
@@ -264,7 +276,6 @@ impl<V> Fit<V> {
             collisions: self.counters.collisions(),
             len: self.len,
             slots: self.slots(),
-            tombstones: self.tombstones,
             load_factor: self.load_factor(),
             key_arena_bytes: self.keys.len(),
             dead_key_bytes: self.dead_key_bytes,
@@ -334,8 +345,8 @@ impl<V> Fit<V> {
         if let Some(slot) = found {
             return self.values[slot].replace(value);
         }
-        if self.len + self.tombstones >= self.growth_limit {
-            self.reserve_one();
+        if self.len >= self.growth_limit {
+            self.grow();
         }
         let offset = u32::try_from(self.keys.len())
             .ok()
@@ -352,20 +363,20 @@ impl<V> Fit<V> {
     /// as dead bytes until the next rebuild; a remove that leaves more dead
     /// than live key bytes rebuilds the table at its current size.
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
-        let (found, collisions) = self.find(key, self.hash(key));
+        let hash = self.hash(key);
+        let (found, collisions) = self.find(key, hash);
         self.counters.record(collisions);
         let slot = found?;
-        let group = &mut self.groups[slot / GROUP_WIDTH];
-        let index = slot % GROUP_WIDTH;
-        // A group that still has an empty slot was never full since the last
-        // rebuild, so no probe sequence continued past it and the slot can
-        // become empty instead of a tombstone.
-        if group.match_tag(EMPTY) != 0 {
-            group.tags[index] = EMPTY;
-        } else {
-            group.tags[index] = DELETED;
-            self.tombstones += 1;
+        let group_count = self.groups.len();
+        let mut group_index = home_group(hash, group_count);
+        let step = probe_step(hash, group_count);
+        while group_index != slot / GROUP_WIDTH {
+            self.groups[group_index].key_offsets[OVERFLOW_LANE] -= 1;
+            group_index = next_group(group_index, step, group_count);
         }
+        let group = &mut self.groups[group_index];
+        let index = slot % GROUP_WIDTH;
+        group.tags[index] = EMPTY;
         self.dead_key_bytes += usize::from(group.key_lens[index]);
         self.len -= 1;
         let value = self.values[slot].take();
@@ -382,7 +393,6 @@ impl<V> Fit<V> {
         self.keys.clear();
         self.dead_key_bytes = 0;
         self.len = 0;
-        self.tombstones = 0;
     }
 
     /// Returns an iterator over `(key, value)` pairs in slot order.
@@ -408,10 +418,11 @@ impl<V> Fit<V> {
             return (None, 0);
         }
         let tag = tag_of(hash);
-        let mask = self.groups.len() - 1;
-        let mut group_index = hash as usize & mask;
+        let group_count = self.groups.len();
+        let mut group_index = home_group(hash, group_count);
         let mut collisions = 0u64;
-        for stride in 1..=self.groups.len() {
+        let mut step = 0;
+        for _ in 0..group_count {
             let group = &self.groups[group_index];
             let mut matches = group.match_tag(tag);
             while matches != 0 {
@@ -425,49 +436,45 @@ impl<V> Fit<V> {
                 }
                 collisions += 1;
             }
-            if group.match_tag(EMPTY) != 0 {
+            if group.overflow() == 0 {
                 break;
             }
-            group_index = (group_index + stride) & mask;
+            if step == 0 {
+                step = probe_step(hash, group_count);
+            }
+            group_index = next_group(group_index, step, group_count);
             collisions += 1;
         }
         (None, collisions)
     }
 
     /// Writes the tag, length and offset of a new key into the first free
-    /// slot on its probe sequence and returns that slot. The caller has made
-    /// sure a free slot exists.
+    /// slot on its probe sequence, counts the overflow in every full group it
+    /// passes and returns the slot. The caller has made sure a free slot
+    /// exists.
     fn place(&mut self, hash: u64, key_len: u16, offset: u32) -> usize {
-        let mask = self.groups.len() - 1;
-        let mut group_index = hash as usize & mask;
-        let mut stride = 1;
+        let group_count = self.groups.len();
+        let mut group_index = home_group(hash, group_count);
+        let step = probe_step(hash, group_count);
         loop {
             let group = &mut self.groups[group_index];
-            let free = group.match_free();
+            let free = group.match_tag(EMPTY);
             if free != 0 {
                 let i = free.trailing_zeros() as usize;
-                if group.tags[i] == DELETED {
-                    self.tombstones -= 1;
-                }
                 group.tags[i] = tag_of(hash);
                 group.key_lens[i] = key_len;
                 group.key_offsets[i] = offset;
                 return group_index * GROUP_WIDTH + i;
             }
-            group_index = (group_index + stride) & mask;
-            stride += 1;
+            group.key_offsets[OVERFLOW_LANE] += 1;
+            group_index = next_group(group_index, step, group_count);
         }
     }
 
-    /// Makes room for one more entry: doubles the slots when live entries
-    /// fill more than half of the growth limit, otherwise rebuilds at the
-    /// same size to clear tombstones.
-    fn reserve_one(&mut self) {
-        let group_count = if (self.len + 1) * 2 > self.growth_limit {
-            group_count_for(self.len + 1, self.max_load_factor).max(self.groups.len() * 2)
-        } else {
-            self.groups.len()
-        };
+    /// Rebuilds with at least twice the groups.
+    fn grow(&mut self) {
+        let group_count = group_count_for(self.len + 1, self.max_load_factor)
+            .max(next_prime(self.groups.len() * 2));
         self.rebuild(group_count);
     }
 
@@ -482,12 +489,11 @@ impl<V> Fit<V> {
             std::mem::replace(&mut self.values, empty_values(group_count * GROUP_WIDTH));
         let live_key_bytes = self.keys.len() - self.dead_key_bytes;
         let old_keys = std::mem::replace(&mut self.keys, Vec::with_capacity(live_key_bytes));
-        self.tombstones = 0;
         self.dead_key_bytes = 0;
         self.growth_limit = growth_limit(group_count, self.max_load_factor);
         for (group_index, group) in old_groups.iter().enumerate() {
             for i in 0..GROUP_WIDTH {
-                if group.tags[i] <= DELETED {
+                if group.tags[i] == EMPTY {
                     continue;
                 }
                 let start = group.key_offsets[i] as usize;
@@ -513,7 +519,6 @@ impl<V> fmt::Debug for Fit<V> {
         f.debug_struct("Fit")
             .field("len", &self.len)
             .field("slots", &self.slots())
-            .field("tombstones", &self.tombstones)
             .field("max_load_factor", &self.max_load_factor)
             .field("counting", &self.counting)
             .finish_non_exhaustive()
@@ -566,22 +571,67 @@ impl<'a, V> Iterator for Iter<'a, V> {
     }
 }
 
-/// Returns the tag of a hash: its top 16 bits, moved out of the two marker
+/// Returns the tag of a hash: its low 16 bits, moved out of the two marker
 /// values.
 #[inline(always)]
 fn tag_of(hash: u64) -> u16 {
-    ((hash >> 48) as u16).max(DELETED + 1)
+    (hash as u16).max(RESERVED + 1)
 }
 
-/// Returns the power-of-two group count that holds `capacity` entries at
-/// `load_factor`.
+/// Maps a hash onto `0..group_count` by multiplication, which uses the high
+/// bits of the hash and needs no division.
+#[inline(always)]
+fn home_group(hash: u64, group_count: usize) -> usize {
+    ((u128::from(hash) * group_count as u128) >> 64) as usize
+}
+
+/// Returns the distance between probed groups, in `1..group_count` (1 for a
+/// single group), taken from other hash bits than the home group. Because
+/// the group count is prime, every step visits all groups before repeating
+/// (double hashing), and keys from one home group spread out instead of
+/// piling onto the following groups.
+#[inline(always)]
+fn probe_step(hash: u64, group_count: usize) -> usize {
+    let remixed = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    1 + home_group(remixed, group_count.saturating_sub(1))
+}
+
+#[inline(always)]
+fn next_group(group_index: usize, step: usize, group_count: usize) -> usize {
+    let next = group_index + step;
+    if next >= group_count {
+        next - group_count
+    } else {
+        next
+    }
+}
+
+/// Returns the group count that holds `capacity` entries at `load_factor`:
+/// the smallest prime at least that large, or 1 if one group is enough.
 fn group_count_for(capacity: usize, load_factor: f64) -> usize {
-    let slots = (capacity as f64 / load_factor).ceil() as usize;
-    slots
-        .div_ceil(GROUP_WIDTH)
-        .max(1)
-        .checked_next_power_of_two()
-        .expect("FIT capacity overflows the slot count")
+    let slots = (capacity as f64 / load_factor).ceil();
+    assert!(
+        slots < (u32::MAX / 2) as f64,
+        "FIT capacity {capacity} overflows the slot count"
+    );
+    match (slots as usize).div_ceil(GROUP_WIDTH) {
+        0 | 1 => 1,
+        groups => next_prime(groups),
+    }
+}
+
+/// Returns the smallest prime `>= n` (2 for `n <= 2`), by trial division.
+/// Called once per rebuild, for `n` below 2^31.
+fn next_prime(n: usize) -> usize {
+    let is_prime = |candidate: usize| {
+        candidate >= 2
+            && (2..)
+                .take_while(|divisor| divisor * divisor <= candidate)
+                .all(|divisor| !candidate.is_multiple_of(divisor))
+    };
+    (n.max(2)..)
+        .find(|&candidate| is_prime(candidate))
+        .expect("a prime exists above n")
 }
 
 fn growth_limit(group_count: usize, load_factor: f64) -> usize {
@@ -598,6 +648,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn next_prime_values() {
+        let primes: Vec<usize> = [0, 1, 2, 3, 4, 8, 14, 90, 97, 98].map(next_prime).to_vec();
+        assert_eq!(primes, vec![2, 2, 2, 3, 5, 11, 17, 97, 97, 101]);
+    }
+
+    #[test]
+    fn probe_step_in_range() {
+        for group_count in [1usize, 2, 3, 97] {
+            for hash in [0u64, 1, u64::MAX, 0x1234_5678_9abc_def0] {
+                let step = probe_step(hash, group_count);
+                assert!(step >= 1, "step {step} for {group_count} groups");
+                assert!(
+                    step < group_count.max(2),
+                    "step {step} for {group_count} groups"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn group_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Group>(), 64);
         assert_eq!(std::mem::align_of::<Group>(), 64);
@@ -606,14 +676,18 @@ mod tests {
     #[test]
     fn tag_avoids_markers() {
         assert_eq!(tag_of(0), 2);
-        assert_eq!(tag_of(1 << 48), 2);
-        assert_eq!(tag_of(0xabcd << 48), 0xabcd);
+        assert_eq!(tag_of(1), 2);
+        assert_eq!(tag_of(0xffff_0000_0000_abcd), 0xabcd);
     }
 
     #[test]
-    fn growth_doubles_slots() {
+    fn growth_doubles_groups() {
         let mut table = Fit::with_capacity(8, 0.875);
-        assert_eq!(table.slots(), 16);
+        assert_eq!(
+            table.slots(),
+            14,
+            "8 entries at 0.875 need 10 slots, so 2 groups"
+        );
         for i in 0..1000u32 {
             table.insert(format!("key-{i}").as_bytes(), i);
             assert!(
@@ -622,7 +696,8 @@ mod tests {
             );
         }
         assert_eq!(table.len(), 1000);
-        assert_eq!(table.slots(), 2048);
+        // 2 groups, then primes at least twice as many: 5, 11, 23, 47, 97, 197.
+        assert_eq!(table.slots(), 197 * GROUP_WIDTH);
         for i in 0..1000u32 {
             assert_eq!(table.get(format!("key-{i}").as_bytes()), Some(&i));
         }
@@ -633,6 +708,10 @@ mod tests {
         let mut table = Fit::with_capacity(1000, 0.5);
         let slots = table.slots();
         assert!(slots as f64 * 0.5 >= 1000.0);
+        assert!(
+            slots < 2100,
+            "{slots} slots: rounded up to a nearby prime group count only"
+        );
         for i in 0..1000u32 {
             table.insert(&i.to_le_bytes(), i);
         }
@@ -640,7 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_are_reused_and_cleared() {
+    fn churn_keeps_size_and_arena() {
         let mut table = Fit::with_capacity(64, 0.875);
         let slots = table.slots();
         for round in 0..50u32 {
@@ -661,30 +740,33 @@ mod tests {
             table.stats().key_arena_bytes < 8192,
             "dead key bytes are reclaimed"
         );
+        for group in table.groups.iter() {
+            assert_eq!(group.overflow(), 0, "removes undo every overflow count");
+        }
     }
 
     #[test]
     fn counters_count_operations_and_collisions() {
-        // One group of eight slots at load factor 0.875 holds seven keys, so
-        // every tag match on a wrong key or probe past the home group shows.
-        let mut table = Fit::with_capacity(7, 0.875);
-        assert_eq!(table.slots(), 8);
-        for i in 0..7u8 {
+        // One group of seven slots at load factor 0.875 holds six keys, so no
+        // lookup probes past the home group.
+        let mut table = Fit::with_capacity(6, 0.875);
+        assert_eq!(table.slots(), 7);
+        for i in 0..6u8 {
             table.insert(&[i], i);
         }
         let before = table.stats();
-        assert_eq!(before.operations, 7);
+        assert_eq!(before.operations, 6);
         assert_eq!(
             before.collisions, 0,
             "a single group has no probe past home"
         );
         table.get(&[3]);
         table.get(b"missing");
-        assert_eq!(table.stats().operations, 9);
+        assert_eq!(table.stats().operations, 8);
 
         table.set_counting(false);
         table.get(&[3]);
-        assert_eq!(table.stats().operations, 9, "uncounted lookup");
+        assert_eq!(table.stats().operations, 8, "uncounted lookup");
 
         let mut tally = FitTally::default();
         table.get_tallied(&[1], &mut tally);
@@ -692,34 +774,44 @@ mod tests {
         assert_eq!(tally.operations, 2);
         table.counters().absorb(&mut tally);
         assert_eq!(tally, FitTally::default());
-        assert_eq!(table.stats().operations, 11);
+        assert_eq!(table.stats().operations, 10);
     }
 
     #[test]
-    fn probe_past_home_counts_collision() {
-        // Two groups hold 15 keys. The group with more than eight home keys
-        // overflows into the other one, and each overflowed key must report
-        // at least one collision when looked up.
-        let mut table = Fit::with_capacity(14, 0.9375);
-        assert_eq!(table.slots(), 16);
-        for i in 0..15u8 {
+    fn overflow_counts_displaced_keys() {
+        // Two groups of seven slots hold 13 keys. A group with more than
+        // seven home keys overflows into the other one; each overflowed key
+        // must report a collision and raise its home group's overflow count.
+        let mut table = Fit::with_capacity(13, 0.9375);
+        assert_eq!(table.slots(), 14, "two groups");
+        for i in 0..13u8 {
             table.insert(&[i], i);
         }
         let mut homes = [0usize; 2];
-        let mut displaced = 0;
-        for i in 0..15u8 {
+        let mut displaced = [0u32; 2];
+        for i in 0..13u8 {
             let hash = table.hash(&[i]);
-            let home = hash as usize & 1;
+            let home = home_group(hash, 2);
             homes[home] += 1;
             let (slot, collisions) = table.find(&[i], hash);
             let slot = slot.expect("inserted key is found");
             if slot / GROUP_WIDTH != home {
-                displaced += 1;
+                displaced[home] += 1;
                 assert!(collisions >= 1, "key {i} outside its home group");
             }
         }
-        let overflow: usize = homes.iter().map(|&n| n.saturating_sub(GROUP_WIDTH)).sum();
-        assert_eq!(displaced, overflow);
+        for group in 0..2 {
+            let expected = homes[group].saturating_sub(GROUP_WIDTH) as u32;
+            assert_eq!(
+                displaced[group], expected,
+                "keys displaced from group {group}"
+            );
+            assert_eq!(
+                table.groups[group].overflow(),
+                expected,
+                "overflow count of group {group}"
+            );
+        }
     }
 
     #[test]

@@ -137,7 +137,10 @@ fn cached_reader_follows_publishes() {
     assert_eq!(reader.load().generation(), 1);
 }
 
-#[allow(clippy::ptr_arg, reason = "matches the `apply` signature for T = Vec<u64>")]
+#[allow(
+    clippy::ptr_arg,
+    reason = "matches the `apply` signature for T = Vec<u64>"
+)]
 fn append(current: &Vec<u64>, batch: &[u64]) -> Vec<u64> {
     let mut next = current.clone();
     next.extend_from_slice(batch);
