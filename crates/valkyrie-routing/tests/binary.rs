@@ -411,3 +411,64 @@ async fn demo_routes_balances_and_fails_over() {
         404
     );
 }
+
+#[tokio::test]
+async fn log_file_written_and_reopened_on_sighup() {
+    let upstream = named_upstream("origin", Duration::ZERO).await;
+    let (port, metrics_port) = (free_port(), free_port());
+    let directory = tempfile::tempdir().unwrap();
+    let log = directory.path().join("logs/valkyrie.log");
+    let text = router_config(port, metrics_port, upstream, "/").replace(
+        "[logging]\nlevel = \"warn\"",
+        &format!(
+            "[logging]\nlevel = \"info\"\nformat = \"json\"\nfile = \"{}\"",
+            log.display()
+        ),
+    );
+    let config = temp_config(&text);
+    let process = Process::start(&["--config", config.path().to_str().unwrap()]);
+    wait_until_listening(port).await;
+    let client = client();
+    assert_eq!(
+        client
+            .get(format!("http://127.0.0.1:{port}/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let read_log = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !read_log(&log).contains("\"target\":\"access\"") {
+        assert!(
+            Instant::now() < deadline,
+            "no access line in {}",
+            read_log(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = read_log(&log);
+    assert!(first.contains("valkyrie started"), "{first}");
+    let access = first
+        .lines()
+        .find(|line| line.contains("\"target\":\"access\""))
+        .unwrap();
+    let access: serde_json::Value = serde_json::from_str(access).unwrap();
+    assert_eq!(access["route"], "origin");
+    assert_eq!(access["upstream"], "origin");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["response_bytes"], 6);
+
+    // logrotate moves the file away, then SIGHUP makes the router open a new one.
+    let rotated = directory.path().join("logs/valkyrie.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    process.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !read_log(&log).contains("log file reopened") {
+        assert!(Instant::now() < deadline, "the log file was not reopened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!read_log(&rotated).contains("log file reopened"));
+}
