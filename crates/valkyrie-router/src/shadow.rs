@@ -13,16 +13,17 @@ use crate::index::precedence_key;
 use crate::Route;
 
 /// Lists routes that no request can reach, as pairs of (route index, index of
-/// the route that takes all its requests), sorted by route index. Indexes are
-/// positions in `[[routes]]`.
+/// the earlier route that takes all its requests), sorted by route index.
+/// Indexes are positions in `[[routes]]`.
 ///
-/// A route is reported when a route ranked before it in match order (see
-/// [`RouteTable`](crate::RouteTable)) accepts every request it accepts: a
-/// duplicate, or a route of equal specificity that comes later in the file
-/// with narrower conditions. The check is conservative, so a route it does
-/// not report may still be unreachable, for example behind a regex that
-/// covers it. Routes that fail to compile are skipped; `RouteTable::build`
-/// reports them.
+/// A route is reported when a route earlier in the file that also ranks
+/// before it in match order (see [`RouteTable`](crate::RouteTable)) accepts
+/// every request it accepts: a duplicate, or a route of equal specificity
+/// with narrower conditions. When several routes qualify, the one that ranks
+/// first is named. The check is conservative, so a route it does not report
+/// may still be unreachable, for example behind a regex that covers it or
+/// behind a later route with redundant header conditions. Routes that fail
+/// to compile are skipped, because `RouteTable::build` reports them.
 ///
 /// ```
 /// let config: valkyrie_config::Config = toml::from_str(r#"
@@ -121,8 +122,8 @@ impl<'r> Buckets<'r> {
         }
     }
 
-    /// Finds the first position before `position` whose route covers the route
-    /// at `position`.
+    /// Finds the first position before `position` whose route comes earlier
+    /// in the file and covers the route at `position`.
     fn first_covering(&self, order: &[&Route], position: usize) -> Option<usize> {
         let route = order[position];
         let mut best: Option<usize> = None;
@@ -135,7 +136,8 @@ impl<'r> Buckets<'r> {
                 .take_while(|&earlier| earlier < limit)
                 .find(|&earlier| {
                     let covering = order[earlier];
-                    (!check_path || path_covers(&covering.path, &route.path))
+                    covering.index < route.index
+                        && (!check_path || path_covers(&covering.path, &route.path))
                         && methods_cover(covering, route)
                         && headers_cover(&covering.headers, &route.headers)
                 });
