@@ -1,10 +1,12 @@
 //! Snapshot loads: `Rcu::load`, the cached `RcuReader`, plain
-//! `ArcSwap::load` and `RwLock<Arc<T>>` reads, one thread; and the cost of
-//! publishing a batch of 10k key-table changes into a 1M-entry FIT.
+//! `ArcSwap::load` and `RwLock<Arc<T>>` reads, alone and with a second
+//! thread reading the same structure. Also the cost of publishing a batch of
+//! 10k key-table changes into a 1M-entry FIT.
 //!
 //! Run: `cargo bench -p valkyrie-lockfree --bench rcu`.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,6 +45,63 @@ fn bench_loads(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
+/// Runs `read` in a loop on a second thread while `measure` runs, so that
+/// shared cache lines (a lock's reader count, a reference count) bounce
+/// between the two cores.
+fn with_background_reader<R, M>(read: R, measure: M)
+where
+    R: Fn() + Send + Sync,
+    M: FnOnce(),
+{
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..1000 {
+                    read();
+                }
+            }
+        });
+        measure();
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+fn bench_contended_loads(c: &mut Criterion<ThreadCpuTime>) {
+    let mut group = c.benchmark_group("rcu_load_with_second_reader");
+    let rcu = Rcu::new(State { generation: 1 });
+    with_background_reader(
+        || {
+            black_box(rcu.load().generation);
+        },
+        || {
+            group.bench_function("rcu_load", |b| b.iter(|| black_box(rcu.load().generation)));
+        },
+    );
+    with_background_reader(
+        || {
+            black_box(rcu.load_full().generation);
+        },
+        || {
+            group.bench_function("rcu_load_full", |b| {
+                b.iter(|| black_box(rcu.load_full().generation))
+            });
+        },
+    );
+    let lock = RwLock::new(Arc::new(State { generation: 1 }));
+    with_background_reader(
+        || {
+            black_box(lock.read().expect("lock not poisoned").generation);
+        },
+        || {
+            group.bench_function("rwlock_read", |b| {
+                b.iter(|| black_box(lock.read().expect("lock not poisoned").generation))
+            });
+        },
+    );
+    group.finish();
+}
+
 fn bench_batch_publish(c: &mut Criterion<ThreadCpuTime>) {
     let mut group = c.benchmark_group("rcu_publish");
     group.measurement_time(Duration::from_secs(4));
@@ -75,6 +134,6 @@ fn bench_batch_publish(c: &mut Criterion<ThreadCpuTime>) {
 criterion_group! {
     name = benches;
     config = common::criterion();
-    targets = bench_loads, bench_batch_publish
+    targets = bench_loads, bench_contended_loads, bench_batch_publish
 }
 criterion_main!(benches);

@@ -1,10 +1,11 @@
 //! CRA, the compressed radix arena: a path-compressed radix tree over bytes
 //! whose nodes live in one `Vec` and are addressed by `u32` index.
 //!
-//! Each node stores its edge label (inline when it has at most 4 bytes,
-//! otherwise as an offset into one shared label arena), the first byte of
-//! that label, the index and count of its children, and up to two value ids:
-//! one for an exact entry and one for a prefix entry ending at that node. The
+//! Each node stores its edge label: inline when it has at most 4 bytes,
+//! otherwise as an offset into one shared label arena. It also stores the
+//! first byte of that label, the index and count of its children, and up to
+//! two value ids, one for an exact entry and one for a prefix entry ending at
+//! that node. The
 //! children of a node sit next to each other in the node array, sorted by
 //! first byte, so choosing among a few children reads adjacent nodes and the
 //! label usually comes with the node. A parallel array of first bytes serves
@@ -40,7 +41,7 @@ pub enum MatchKind {
     Prefix,
 }
 
-/// Longest label stored inside its node.
+/// Maximum length of a label stored inside its node.
 const INLINE_LABEL: usize = 4;
 
 /// Children scanned one by one; larger sibling blocks are binary searched
@@ -136,7 +137,7 @@ impl<V> Cra<V> {
         self.entries
     }
 
-    /// Returns true if the tree holds no entries.
+    /// Returns true if the tree contains no entries.
     pub fn is_empty(&self) -> bool {
         self.entries == 0
     }
@@ -267,6 +268,7 @@ impl<V> Cra<V> {
             node = child;
             pos += label.len();
         }
+
         let id = match kind {
             MatchKind::Exact => std::mem::replace(&mut self.nodes[node].exact, NONE),
             MatchKind::Prefix => std::mem::replace(&mut self.nodes[node].prefix, NONE),
@@ -281,6 +283,8 @@ impl<V> Cra<V> {
         self.entries -= 1;
         self.dead_values += 1;
         let value = self.values[id as usize].take();
+
+        // Unlink nodes left without values or children, bottom up.
         while let Some(parent) = trail.pop() {
             if !self.nodes[node].is_unused() {
                 break;
@@ -291,7 +295,7 @@ impl<V> Cra<V> {
         value
     }
 
-    /// Rebuilds the arena so that it holds only reachable nodes, label bytes
+    /// Rebuilds the arena so that it contains only reachable nodes, label bytes
     /// and values, laid out breadth first. Chains of nodes without values
     /// and with one child are merged, so the result is the same as building
     /// the current entries from scratch, and fragmentation drops to 0.
@@ -302,10 +306,13 @@ impl<V> Cra<V> {
         // the tail of `order` not yet expanded.
         let mut order = vec![0usize];
         let mut label = Vec::new();
+
         compacted.nodes[0].exact =
             self.move_value(self.nodes[0].exact, &mut compacted, &mut value_map);
         compacted.nodes[0].prefix =
             self.move_value(self.nodes[0].prefix, &mut compacted, &mut value_map);
+
+        // Copy the children of each copied node as one block at the end.
         let mut next = 0;
         while next < order.len() {
             let old = order[next];
@@ -337,6 +344,8 @@ impl<V> Cra<V> {
             compacted.nodes[next].child_count = children.len() as u16;
             next += 1;
         }
+
+        // Translate the prefix chains to the new value ids.
         for (old_id, &new_id) in value_map.iter().enumerate() {
             if new_id != NONE {
                 let shorter = self.shorter_prefix[old_id];
@@ -347,6 +356,7 @@ impl<V> Cra<V> {
                 };
             }
         }
+
         compacted.entries = self.entries;
         *self = compacted;
     }

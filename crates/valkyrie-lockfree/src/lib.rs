@@ -10,8 +10,8 @@
 //!   load without locks, and a background thread that batches updates into
 //!   new snapshots.
 //!
-//! `Fit` and `Cra` are mutated through `&mut self` and read through `&self`;
-//! they are `Sync` when their values are, so one instance inside a published
+//! `Fit` and `Cra` are mutated through `&mut self` and read through `&self`.
+//! They are `Sync` when their values are, so one instance inside a published
 //! snapshot serves every reader thread.
 
 pub mod cra;

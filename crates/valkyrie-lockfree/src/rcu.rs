@@ -2,7 +2,7 @@
 //! publish a whole new snapshot, and a replaced snapshot is freed when its
 //! last reader drops it.
 //!
-//! [`Rcu`] holds the current snapshot in an `ArcSwap`. [`Rcu::load`] takes
+//! [`Rcu`] keeps the current snapshot in an `ArcSwap`. [`Rcu::load`] takes
 //! a snapshot through arc-swap's debt slots, so the hot path does not touch
 //! the shared reference count; [`Rcu::reader`] returns a per-thread cache
 //! whose load is one atomic load while the snapshot is unchanged; and
@@ -74,8 +74,8 @@ impl RcuCounters {
         {
             self.grace_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
-        // Counted last, so a reader that sees the reclaim count also sees
-        // the grace period it added (both are read with Acquire).
+        // Counted last with Release. `Rcu::stats` reads this count with
+        // Acquire before the grace period fields, so they include this one.
         self.reclaimed.fetch_add(1, Ordering::Release);
     }
 }
@@ -157,7 +157,7 @@ pub struct RcuStats {
     /// Grace period of the most recently freed snapshot: time from its
     /// replacement to its reclamation.
     pub grace_period_last: Duration,
-    /// Longest grace period seen.
+    /// Maximum grace period so far.
     pub grace_period_max: Duration,
     /// Sum of all grace periods, for an average or a Prometheus histogram.
     pub grace_period_sum: Duration,
@@ -178,7 +178,7 @@ pub struct Rcu<T> {
 }
 
 impl<T> Rcu<T> {
-    /// Creates an `Rcu` whose current snapshot holds `value` at
+    /// Creates an `Rcu` whose current snapshot contains `value` at
     /// generation 0.
     pub fn new(value: T) -> Self {
         let counters = Arc::new(RcuCounters::new());
@@ -231,7 +231,7 @@ impl<T> Rcu<T> {
 
     /// Builds a new snapshot from the current one with `build` and
     /// publishes it. Concurrent `update` and `publish` calls wait for each
-    /// other, so no update is lost; readers never wait.
+    /// other, so no update is lost. Readers do not take the writer lock.
     pub fn update<F>(&self, build: F) -> u64
     where
         F: FnOnce(&T) -> T,

@@ -120,7 +120,7 @@ impl criterion::measurement::ValueFormatter for NanosFormatter {
 
     fn scale_throughputs(
         &self,
-        typical: f64,
+        _typical: f64,
         throughput: &criterion::Throughput,
         values: &mut [f64],
     ) -> &'static str {
@@ -132,7 +132,6 @@ impl criterion::measurement::ValueFormatter for NanosFormatter {
         for value in values.iter_mut() {
             *value = per_iteration * 1e9 / *value;
         }
-        let _ = typical;
         "elements/s"
     }
 
@@ -141,8 +140,8 @@ impl criterion::measurement::ValueFormatter for NanosFormatter {
     }
 }
 
-/// Criterion settings shared by the benches: few samples and short
-/// measurement, because the machine has two cores shared with other jobs.
+/// Criterion settings shared by the benches: few samples and a short
+/// measurement, which keep a run of all three benches to a few minutes.
 pub fn criterion() -> criterion::Criterion<ThreadCpuTime> {
     criterion::Criterion::default()
         .with_measurement(ThreadCpuTime)
