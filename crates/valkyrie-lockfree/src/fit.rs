@@ -1,16 +1,18 @@
 //! FIT, the fingerprinted ID table: an open-addressing exact-match table
 //! keyed by byte strings.
 //!
-//! Slots are arranged in groups of seven, and each group fills exactly one
-//! 64-byte cache line: eight 16-bit tag lanes, eight key-length lanes and
-//! eight key-offset lanes. Lanes 0 to 6 describe slots: the tag is a
-//! fingerprint from the hash (or 0 for an empty slot), and the offset points
-//! into one shared key arena. Lane 7 stores the group's overflow count (see
-//! below) in its offset field and a tag no key can have. A lookup compares
-//! the eight tags of a group at once and touches key bytes only for a tag
-//! match, so with 16-bit tags a miss almost never reads a key. Values live in
-//! a separate array indexed by slot, which the CPU can load while it compares
-//! the key bytes.
+//! Slots are arranged in groups of seven. The tags of a group (16-bit
+//! fingerprints from the hash, or 0 for an empty slot) and the group's
+//! overflow count (see below) fill one 16-byte tag group, four to a cache
+//! line, in an array of their own. The key lengths and offsets into one
+//! shared key arena fill a 64-byte metadata group in a second array. A lookup
+//! compares the seven tags at once with SSE2 and touches metadata and key
+//! bytes only for a tag match, so with 16-bit tags a miss almost never leaves
+//! the compact tag array, which stays in cache far longer than the rest of
+//! the table. A lookup also prefetches the metadata group while it compares
+//! tags, so a hit waits for about two memory accesses in a row: metadata,
+//! then key bytes. Values live in a third array indexed by slot, which the
+//! CPU loads while it compares the key bytes.
 //!
 //! The group count is prime, so the table stays close to its configured load
 //! factor. The home group is the high half of the 64x64-bit product of the
@@ -18,10 +20,10 @@
 //! hash, which the home group does not depend on. An insert that finds its
 //! home group full probes further groups by double hashing (a per-key step
 //! taken from other hash bits) and adds one to the overflow count of every
-//! group it passes. A
-//! lookup stops at the first group whose overflow count is 0, so a miss
-//! usually reads one cache line even at high load. A remove empties its slot
-//! and decrements the counts again, so the table needs no tombstones.
+//! group it passes. A lookup stops at the first group whose overflow count
+//! is 0, so a miss usually reads one tag group even at high load. A remove
+//! empties its slot and decrements the counts again, so the table needs no
+//! tombstones.
 //!
 //! Keys are compared byte for byte. Host names are case-insensitive, so the
 //! caller lowercases them (for example with [`<[u8]>::to_ascii_lowercase`] or
@@ -39,51 +41,76 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-/// Lanes per group; one group is one 64-byte cache line.
+/// Lanes of a tag group: seven slots and the overflow count.
 const LANES: usize = 8;
 /// Slots per group: every lane but the last.
 const GROUP_WIDTH: usize = LANES - 1;
-/// Lane whose offset field stores the overflow count.
+/// Lane of a tag group that stores the overflow count.
 const OVERFLOW_LANE: usize = LANES - 1;
+/// Mask of the slot lanes in a tag match.
+const SLOT_LANES: u32 = (1 << GROUP_WIDTH) - 1;
 /// Tag of an empty slot.
 const EMPTY: u16 = 0;
-/// Tag of the overflow lane, which no key's tag equals.
-const RESERVED: u16 = 1;
+/// Smallest tag of a stored key.
+const MIN_TAG: u16 = 1;
 /// Maximum key length in bytes, set by the 16-bit length field of a slot.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// Maximum configurable load factor. At least one slot in 16 stays empty so
 /// that an insert finds a free slot within a few groups.
 pub const MAX_LOAD_FACTOR: f64 = 0.9375;
 
-/// Tags, key lengths and key offsets of seven slots plus the overflow count,
-/// aligned to a cache line.
+/// Tags of seven slots and the overflow count: the number of stored keys
+/// whose probe passed this group, saturating at `u16::MAX` (a saturated
+/// count is never decremented, which only makes lookups probe further).
 #[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Group {
+#[repr(C, align(16))]
+struct TagGroup {
     tags: [u16; LANES],
-    key_lens: [u16; LANES],
-    key_offsets: [u32; LANES],
 }
 
-impl Group {
-    const EMPTY: Group = {
-        let mut tags = [EMPTY; LANES];
-        tags[OVERFLOW_LANE] = RESERVED;
-        Group {
-            tags,
-            key_lens: [0; LANES],
-            key_offsets: [0; LANES],
-        }
+/// Key lengths and key-arena offsets of the seven slots of a group.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct MetaGroup {
+    key_offsets: [u32; GROUP_WIDTH],
+    key_lens: [u16; GROUP_WIDTH],
+}
+
+impl MetaGroup {
+    const EMPTY: MetaGroup = MetaGroup {
+        key_offsets: [0; GROUP_WIDTH],
+        key_lens: [0; GROUP_WIDTH],
+    };
+}
+
+impl TagGroup {
+    const EMPTY: TagGroup = TagGroup {
+        tags: [EMPTY; LANES],
     };
 
-    /// Returns the number of stored keys whose probe passed this group.
     #[inline(always)]
-    fn overflow(&self) -> u32 {
-        self.key_offsets[OVERFLOW_LANE]
+    fn overflow(&self) -> u16 {
+        self.tags[OVERFLOW_LANE]
     }
 
-    /// Returns a bit mask with bit `i` set where `tags[i] == tag`: one SSE2
-    /// compare on x86-64.
+    fn add_overflow(&mut self) {
+        self.tags[OVERFLOW_LANE] = self.tags[OVERFLOW_LANE].saturating_add(1);
+    }
+
+    fn remove_overflow(&mut self) {
+        if self.tags[OVERFLOW_LANE] != u16::MAX {
+            self.tags[OVERFLOW_LANE] -= 1;
+        }
+    }
+
+    /// Returns a bit mask with bit `i` set where slot `i` has tag `tag`.
+    #[inline(always)]
+    fn match_slots(&self, tag: u16) -> u32 {
+        self.match_tag(tag) & SLOT_LANES
+    }
+
+    /// Returns a bit mask with bit `i` set where `tags[i] == tag`, including
+    /// the overflow lane: one SSE2 compare on x86-64.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn match_tag(&self, tag: u16) -> u32 {
@@ -193,7 +220,8 @@ pub struct FitStats {
     pub key_arena_bytes: usize,
     /// Bytes of removed keys still in the key arena.
     pub dead_key_bytes: usize,
-    /// Heap bytes owned by the table (groups, values, key arena).
+    /// Heap bytes owned by the table (tag groups, metadata groups, values,
+    /// key arena).
     pub heap_bytes: usize,
 }
 
@@ -203,7 +231,9 @@ pub struct FitStats {
 /// [`MAX_KEY_LEN`] bytes and the key arena at most 4 GiB.
 #[derive(Clone)]
 pub struct Fit<V> {
-    groups: Box<[Group]>,
+    tags: Box<[TagGroup]>,
+    /// Parallel to `tags`.
+    meta: Box<[MetaGroup]>,
     values: Box<[Option<V>]>,
     keys: Vec<u8>,
     dead_key_bytes: usize,
@@ -232,7 +262,8 @@ impl<V> Fit<V> {
         );
         let group_count = group_count_for(capacity, load_factor);
         Self {
-            groups: vec![Group::EMPTY; group_count].into_boxed_slice(),
+            tags: vec![TagGroup::EMPTY; group_count].into_boxed_slice(),
+            meta: vec![MetaGroup::EMPTY; group_count].into_boxed_slice(),
             values: empty_values(group_count * GROUP_WIDTH),
             keys: Vec::new(),
             dead_key_bytes: 0,
@@ -258,7 +289,7 @@ impl<V> Fit<V> {
     /// Returns the number of slots: 7 per group, with a prime number of
     /// groups.
     pub fn slots(&self) -> usize {
-        self.groups.len() * GROUP_WIDTH
+        self.tags.len() * GROUP_WIDTH
     }
 
     /// Returns the current load factor, `len / slots`.
@@ -304,11 +335,12 @@ impl<V> Fit<V> {
         }
     }
 
-    /// Returns the heap bytes owned by the table: groups, value slots and the
-    /// key arena's allocation. Memory owned by the values themselves (for
+    /// Returns the heap bytes owned by the table: tag and metadata groups,
+    /// value slots and the key arena's allocation. Memory owned by the values themselves (for
     /// example behind a `Box`) is not included.
     pub fn heap_bytes(&self) -> usize {
-        std::mem::size_of_val::<[Group]>(&self.groups)
+        std::mem::size_of_val::<[TagGroup]>(&self.tags)
+            + std::mem::size_of_val::<[MetaGroup]>(&self.meta)
             + std::mem::size_of_val::<[Option<V>]>(&self.values)
             + self.keys.capacity()
     }
@@ -389,21 +421,20 @@ impl<V> Fit<V> {
         let (found, collisions) = self.find(key, hash);
         self.counters.record(collisions);
         let slot = found?;
-        let group_count = self.groups.len();
+        let group_count = self.tags.len();
         let mut group_index = home_group(hash, group_count);
         let step = probe_step(hash, group_count);
         while group_index != slot / GROUP_WIDTH {
-            self.groups[group_index].key_offsets[OVERFLOW_LANE] -= 1;
+            self.tags[group_index].remove_overflow();
             group_index = next_group(group_index, step, group_count);
         }
-        let group = &mut self.groups[group_index];
         let index = slot % GROUP_WIDTH;
-        group.tags[index] = EMPTY;
-        self.dead_key_bytes += usize::from(group.key_lens[index]);
+        self.tags[group_index].tags[index] = EMPTY;
+        self.dead_key_bytes += usize::from(self.meta[group_index].key_lens[index]);
         self.len -= 1;
         let value = self.values[slot].take();
         if self.dead_key_bytes > 4096 && self.dead_key_bytes > self.keys.len() / 2 {
-            self.rebuild(self.groups.len());
+            self.rebuild(self.tags.len());
         }
         value
     }
@@ -416,7 +447,7 @@ impl<V> Fit<V> {
 
     /// Removes every entry, keeping the allocated slots.
     pub fn clear(&mut self) {
-        self.groups.fill(Group::EMPTY);
+        self.tags.fill(TagGroup::EMPTY);
         self.values.iter_mut().for_each(|value| *value = None);
         self.keys.clear();
         self.dead_key_bytes = 0;
@@ -446,18 +477,20 @@ impl<V> Fit<V> {
             return (None, 0);
         }
         let tag = tag_of(hash);
-        let group_count = self.groups.len();
+        let group_count = self.tags.len();
         let mut group_index = home_group(hash, group_count);
         let mut collisions = 0u64;
         let mut step = 0;
         for _ in 0..group_count {
-            let group = &self.groups[group_index];
-            let mut matches = group.match_tag(tag);
+            prefetch(&self.meta[group_index]);
+            let group = &self.tags[group_index];
+            let mut matches = group.match_slots(tag);
             while matches != 0 {
                 let i = matches.trailing_zeros() as usize;
                 matches &= matches - 1;
-                if usize::from(group.key_lens[i]) == key.len() {
-                    let offset = group.key_offsets[i] as usize;
+                let meta = &self.meta[group_index];
+                if usize::from(meta.key_lens[i]) == key.len() {
+                    let offset = meta.key_offsets[i] as usize;
                     if &self.keys[offset..offset + key.len()] == key {
                         return (Some(group_index * GROUP_WIDTH + i), collisions);
                     }
@@ -481,20 +514,21 @@ impl<V> Fit<V> {
     /// passes and returns the slot. The caller has made sure a free slot
     /// exists.
     fn place(&mut self, hash: u64, key_len: u16, offset: u32) -> usize {
-        let group_count = self.groups.len();
+        let group_count = self.tags.len();
         let mut group_index = home_group(hash, group_count);
         let step = probe_step(hash, group_count);
         loop {
-            let group = &mut self.groups[group_index];
-            let free = group.match_tag(EMPTY);
+            let group = &mut self.tags[group_index];
+            let free = group.match_slots(EMPTY);
             if free != 0 {
                 let i = free.trailing_zeros() as usize;
                 group.tags[i] = tag_of(hash);
-                group.key_lens[i] = key_len;
-                group.key_offsets[i] = offset;
+                let meta = &mut self.meta[group_index];
+                meta.key_lens[i] = key_len;
+                meta.key_offsets[i] = offset;
                 return group_index * GROUP_WIDTH + i;
             }
-            group.key_offsets[OVERFLOW_LANE] += 1;
+            group.add_overflow();
             group_index = next_group(group_index, step, group_count);
         }
     }
@@ -502,16 +536,20 @@ impl<V> Fit<V> {
     /// Rebuilds with at least twice the groups.
     fn grow(&mut self) {
         let group_count = group_count_for(self.len + 1, self.max_load_factor)
-            .max(next_prime(self.groups.len() * 2));
+            .max(next_prime(self.tags.len() * 2));
         self.rebuild(group_count);
     }
 
     /// Rehashes every live entry into `group_count` fresh groups and a
     /// compacted key arena.
     fn rebuild(&mut self, group_count: usize) {
-        let old_groups = std::mem::replace(
-            &mut self.groups,
-            vec![Group::EMPTY; group_count].into_boxed_slice(),
+        let old_tags = std::mem::replace(
+            &mut self.tags,
+            vec![TagGroup::EMPTY; group_count].into_boxed_slice(),
+        );
+        let old_meta = std::mem::replace(
+            &mut self.meta,
+            vec![MetaGroup::EMPTY; group_count].into_boxed_slice(),
         );
         let mut old_values =
             std::mem::replace(&mut self.values, empty_values(group_count * GROUP_WIDTH));
@@ -519,16 +557,16 @@ impl<V> Fit<V> {
         let old_keys = std::mem::replace(&mut self.keys, Vec::with_capacity(live_key_bytes));
         self.dead_key_bytes = 0;
         self.growth_limit = growth_limit(group_count, self.max_load_factor);
-        for (group_index, group) in old_groups.iter().enumerate() {
+        for (group_index, (group, meta)) in old_tags.iter().zip(old_meta.iter()).enumerate() {
             for i in 0..GROUP_WIDTH {
                 if group.tags[i] == EMPTY {
                     continue;
                 }
-                let start = group.key_offsets[i] as usize;
-                let key = &old_keys[start..start + usize::from(group.key_lens[i])];
+                let start = meta.key_offsets[i] as usize;
+                let key = &old_keys[start..start + usize::from(meta.key_lens[i])];
                 let offset = self.keys.len() as u32;
                 self.keys.extend_from_slice(key);
-                let slot = self.place(self.hash(key), group.key_lens[i], offset);
+                let slot = self.place(self.hash(key), meta.key_lens[i], offset);
                 self.values[slot] = old_values[group_index * GROUP_WIDTH + i].take();
             }
         }
@@ -589,9 +627,9 @@ impl<'a, V> Iterator for Iter<'a, V> {
             let slot = self.slot;
             self.slot += 1;
             if let Some(value) = &table.values[slot] {
-                let group = &table.groups[slot / GROUP_WIDTH];
-                let start = group.key_offsets[slot % GROUP_WIDTH] as usize;
-                let len = usize::from(group.key_lens[slot % GROUP_WIDTH]);
+                let meta = &table.meta[slot / GROUP_WIDTH];
+                let start = meta.key_offsets[slot % GROUP_WIDTH] as usize;
+                let len = usize::from(meta.key_lens[slot % GROUP_WIDTH]);
                 return Some((&table.keys[start..start + len], value));
             }
         }
@@ -599,11 +637,25 @@ impl<'a, V> Iterator for Iter<'a, V> {
     }
 }
 
-/// Returns the tag of a hash: its low 16 bits, moved out of the two marker
-/// values.
+/// Returns the tag of a hash: its low 16 bits, with 0 (the empty marker)
+/// moved to 1.
 #[inline(always)]
 fn tag_of(hash: u64) -> u16 {
-    (hash as u16).max(RESERVED + 1)
+    (hash as u16).max(MIN_TAG)
+}
+
+/// Asks the CPU to start loading the cache line of `item`.
+#[inline(always)]
+fn prefetch<T>(item: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint. It never faults and does not change
+    // memory, and SSE is part of the x86-64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((item as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = item;
 }
 
 /// Maps a hash onto `0..group_count` by multiplication, which uses the high
@@ -696,15 +748,16 @@ mod tests {
     }
 
     #[test]
-    fn group_is_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Group>(), 64);
-        assert_eq!(std::mem::align_of::<Group>(), 64);
+    fn group_sizes() {
+        assert_eq!(std::mem::size_of::<TagGroup>(), 16);
+        assert_eq!(std::mem::size_of::<MetaGroup>(), 64);
+        assert_eq!(std::mem::align_of::<MetaGroup>(), 64);
     }
 
     #[test]
-    fn tag_avoids_markers() {
-        assert_eq!(tag_of(0), 2);
-        assert_eq!(tag_of(1), 2);
+    fn tag_avoids_empty_marker() {
+        assert_eq!(tag_of(0), 1);
+        assert_eq!(tag_of(1), 1);
         assert_eq!(tag_of(0xffff_0000_0000_abcd), 0xabcd);
     }
 
@@ -768,7 +821,7 @@ mod tests {
             table.stats().key_arena_bytes < 8192,
             "dead key bytes are reclaimed"
         );
-        for group in table.groups.iter() {
+        for group in table.tags.iter() {
             assert_eq!(group.overflow(), 0, "removes undo every overflow count");
         }
     }
@@ -835,7 +888,7 @@ mod tests {
                 "keys displaced from group {group}"
             );
             assert_eq!(
-                table.groups[group].overflow(),
+                u32::from(table.tags[group].overflow()),
                 expected,
                 "overflow count of group {group}"
             );
