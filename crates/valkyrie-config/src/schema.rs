@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Name this proxy writes into the `Via` header.
     pub via_name: String,
+    /// Answers plain-HTTP requests with a 308 redirect to HTTPS, except
+    /// `/health` and `/ready`. Needs `[security] enable_tls`.
+    pub redirect_to_https: bool,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             max_request_body_bytes: ByteSize(0),
             trusted_proxies: Vec::new(),
             via_name: "valkyrie".to_string(),
+            redirect_to_https: false,
         }
     }
 }
@@ -239,6 +243,14 @@ pub struct SecurityConfig {
     pub tls_key_path: String,
     pub min_tls_version: String,
     pub certificates: Vec<CertificateConfig>,
+    /// CA bundle (PEM) that client certificates must chain to; unset turns
+    /// client certificates off.
+    pub client_ca_path: Option<String>,
+    /// Rejects clients without a certificate; needs `client_ca_path`.
+    pub require_client_cert: bool,
+    /// `max-age` of the `Strict-Transport-Security` header added to TLS
+    /// responses; unset sends no header.
+    pub hsts_max_age: Option<Duration>,
     pub rate_limiting: RateLimitingConfig,
     /// Source addresses or CIDR ranges whose connections are refused.
     pub deny_list: Vec<String>,
@@ -253,6 +265,9 @@ impl Default for SecurityConfig {
             tls_key_path: "/app/config/ssl/key.pem".to_string(),
             min_tls_version: "1.2".to_string(),
             certificates: Vec::new(),
+            client_ca_path: None,
+            require_client_cert: false,
+            hsts_max_age: None,
             rate_limiting: RateLimitingConfig::default(),
             deny_list: Vec::new(),
         }

@@ -106,6 +106,7 @@ fn config_with_every_key() -> Config {
             max_request_body_bytes: ByteSize(10 << 20),
             trusted_proxies: vec!["10.0.0.0/8".into(), "::1".into()],
             via_name: "edge-1".into(),
+            redirect_to_https: true,
         },
         metrics: MetricsConfig {
             listen: "127.0.0.1:9191".into(),
@@ -156,6 +157,9 @@ fn config_with_every_key() -> Config {
                 cert_path: "/etc/valkyrie/api.pem".into(),
                 key_path: "/etc/valkyrie/api-key.pem".into(),
             }],
+            client_ca_path: Some("/etc/valkyrie/clients-ca.pem".into()),
+            require_client_cert: true,
+            hsts_max_age: Some(Duration::from_secs(365 * 86_400)),
             rate_limiting: RateLimitingConfig {
                 enable: true,
                 default_rate: "50/sec".parse().unwrap(),

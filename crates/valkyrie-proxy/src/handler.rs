@@ -469,6 +469,7 @@ fn build_request(
     body: ProxyBody,
     path_and_query: &str,
     http2: bool,
+    tls: bool,
 ) -> Request<ProxyBody> {
     let mut builder = Request::builder().method(parts.method.clone());
     let uri = if http2 {
@@ -477,7 +478,8 @@ fn build_request(
             .get(header::HOST)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("localhost");
-        format!("http://{authority}{path_and_query}")
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{authority}{path_and_query}")
     } else {
         path_and_query.to_string()
     };
@@ -532,7 +534,13 @@ async fn send_to_endpoint(
     loop {
         let request_body = body.take().expect("a body is present for each attempt");
         let replayable = reused && is_idempotent(&parts.method) && request_body.is_end_stream();
-        let request = build_request(parts, request_body, path_and_query, pool.is_http2());
+        let request = build_request(
+            parts,
+            request_body,
+            path_and_query,
+            pool.is_http2(),
+            pool.is_tls(),
+        );
         progress.before_send = started.elapsed();
         let sent_at = Instant::now();
         endpoint.active_requests.fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,7 @@ pub mod net;
 pub mod pool;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use error::{ErrorKind, ProxyError};

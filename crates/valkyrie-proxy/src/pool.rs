@@ -2,7 +2,8 @@
 //!
 //! HTTP/1.1 endpoints keep a stack of idle connections (the most recently
 //! used is reused first, so a quiet pool shrinks by idle timeout). HTTP/2
-//! endpoints share one multiplexed connection.
+//! endpoints share one multiplexed connection. Endpoints of an upstream with
+//! `[upstreams.tls]` get TLS on every new connection.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -11,12 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
+use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
+use crate::tls::EndpointTls;
 
 /// A connection checked out of a pool.
 pub enum Conn {
@@ -55,6 +58,7 @@ pub struct Pool {
     idle: Mutex<VecDeque<IdleConn>>,
     shared_http2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
     pub stats: Arc<PoolStats>,
+    tls: Option<EndpointTls>,
 }
 
 impl Pool {
@@ -72,7 +76,19 @@ impl Pool {
             idle: Mutex::new(VecDeque::new()),
             shared_http2: Mutex::new(None),
             stats: Arc::new(PoolStats::default()),
+            tls: None,
         }
+    }
+
+    /// Sets the TLS settings new connections use; `None` keeps plain TCP.
+    pub fn with_tls(mut self, tls: Option<EndpointTls>) -> Pool {
+        self.tls = tls;
+        self
+    }
+
+    /// Returns true when connections to this endpoint use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Takes an idle connection that is still open, or opens a new one to the
@@ -127,7 +143,20 @@ impl Pool {
     /// take the connection over (protocol upgrades) or retries after a stale one.
     pub async fn connect(&self, addresses: &[SocketAddr]) -> Result<Checkout, ProxyError> {
         let stream = self.connect_tcp(addresses).await?;
-        let io = TokioIo::new(stream);
+        match &self.tls {
+            Some(tls) => {
+                let stream = tls.handshake(stream, self.connect_timeout).await?;
+                self.handshake(TokioIo::new(stream)).await
+            }
+            None => self.handshake(TokioIo::new(stream)).await,
+        }
+    }
+
+    /// Starts HTTP/1.1 or HTTP/2 on a new connection.
+    async fn handshake<I>(&self, io: I) -> Result<Checkout, ProxyError>
+    where
+        I: Read + Write + Unpin + Send + 'static,
+    {
         let stats = self.stats.clone();
         if self.http2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())

@@ -5,11 +5,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,10 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::body::{self, ProxyBody};
 use crate::framing::RequestFramer;
 use crate::handler::{handle, ConnContext};
 use crate::headers::ClientInfo;
 use crate::state::{ListenerKind, ProxyState};
+use crate::tls::TlsTerminator;
 
 static OPEN_TUNNELS: AtomicUsize = AtomicUsize::new(0);
 
@@ -116,16 +121,16 @@ fn inspect(activity: &ConnActivity) -> Verdict {
 pin_project_lite::pin_project! {
     /// A socket that counts the bytes read from it and checks the request
     /// framing before hyper sees the bytes.
-    struct ActivityIo {
+    struct ActivityIo<S> {
         #[pin]
-        inner: TcpStream,
+        inner: S,
         activity: Arc<ConnActivity>,
         framer: RequestFramer,
         rejected: bool,
     }
 }
 
-impl AsyncRead for ActivityIo {
+impl<S: AsyncRead> AsyncRead for ActivityIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -159,7 +164,7 @@ impl AsyncRead for ActivityIo {
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<S: AsyncWrite> AsyncWrite for ActivityIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -208,25 +213,60 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 pub struct Server {
     state: Arc<ProxyState>,
     shutdown: watch::Sender<bool>,
+    /// Port of the first TLS listener, the target of HTTPS redirects; 0
+    /// while there is none.
+    https_port: Arc<AtomicU16>,
 }
 
 impl Server {
     pub fn new(state: Arc<ProxyState>) -> Server {
         let (shutdown, _) = watch::channel(false);
-        Server { state, shutdown }
+        Server {
+            state,
+            shutdown,
+            https_port: Arc::new(AtomicU16::new(0)),
+        }
     }
 
     pub fn state(&self) -> &Arc<ProxyState> {
         &self.state
     }
 
-    /// Accepts connections on `listener` until shutdown.
+    /// Sets the port that `[server] redirect_to_https` sends plain-HTTP
+    /// clients to. Until it is set, nothing is redirected.
+    pub fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
+    }
+
+    /// Accepts plain-TCP connections on `listener` until shutdown.
     pub fn spawn_listener(
         &self,
         listener: TcpListener,
         kind: ListenerKind,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_accept_loop(listener, kind, None)
+    }
+
+    /// Accepts TLS connections on `listener` until shutdown. Certificates
+    /// and settings come from `tls` at each handshake, so reloading them
+    /// affects new connections only.
+    pub fn spawn_tls_listener(
+        &self,
+        listener: TcpListener,
+        kind: ListenerKind,
+        tls: Arc<TlsTerminator>,
+    ) -> tokio::task::JoinHandle<()> {
+        self.spawn_accept_loop(listener, kind, Some(tls))
+    }
+
+    fn spawn_accept_loop(
+        &self,
+        listener: TcpListener,
+        kind: ListenerKind,
+        tls: Option<Arc<TlsTerminator>>,
+    ) -> tokio::task::JoinHandle<()> {
         let state = self.state.clone();
+        let https_port = self.https_port.clone();
         let mut shutdown = self.shutdown.subscribe();
         tokio::spawn(async move {
             let local = listener.local_addr().ok();
@@ -253,8 +293,20 @@ impl Server {
                 state.open_connections.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
                 let shutdown = shutdown.clone();
+                let tls = tls.clone();
+                let https_port = https_port.load(Ordering::Relaxed);
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, state.clone(), kind, shutdown).await;
+                    let connection = Connection {
+                        peer,
+                        state: state.clone(),
+                        kind,
+                        shutdown,
+                        https_port,
+                    };
+                    match tls {
+                        Some(tls) => connection.serve_tls(stream, &tls).await,
+                        None => connection.serve_plain(stream).await,
+                    }
                     state.open_connections.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -287,95 +339,329 @@ impl Server {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted downstream connection.
+struct Connection {
     peer: SocketAddr,
     state: Arc<ProxyState>,
     kind: ListenerKind,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let activity = Arc::new(ConnActivity::new());
-    let (header_timeout, idle_timeout, max_header_bytes) = {
-        let snapshot = state.snapshot.load();
-        let server = &snapshot.config.server;
-        (
-            snapshot.request_header_timeout,
-            snapshot.idle_timeout,
-            server.max_request_header_bytes,
-        )
-    };
-    let context = ConnContext {
-        state,
-        client: ClientInfo {
-            peer: peer.ip().to_canonical(),
-            scheme: "http",
-        },
-        listener: kind,
-        activity: activity.clone(),
-    };
-    let io = TokioIo::new(ActivityIo {
-        inner: stream,
-        activity: activity.clone(),
-        framer: RequestFramer::new(),
-        rejected: false,
-    });
-    let service = service_fn(move |request| handle(context.clone(), request));
+    shutdown: watch::Receiver<bool>,
+    https_port: u16,
+}
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .max_buf_size(max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_bytes.min(u32::MAX as usize) as u32);
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
+/// The protocol a TLS client and the listener agreed on through ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Negotiated {
+    Http1,
+    Http2,
+    /// No ALPN: the connection's first bytes decide (HTTP/2 preface or not).
+    Unknown,
+}
 
-    let tick_every = (header_timeout.min(idle_timeout) / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(tick_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut head_pending_since: Option<Instant> = None;
-    let mut closing = *shutdown.borrow();
-    if closing {
-        connection.as_mut().graceful_shutdown();
+/// Per-connection additions to every response: HSTS on TLS connections, or
+/// a redirect to HTTPS on plain ones.
+#[derive(Clone, Default)]
+struct Extras {
+    hsts: Option<HeaderValue>,
+    /// HTTPS port to redirect plain-HTTP requests to.
+    redirect_port: Option<u16>,
+}
+
+impl Connection {
+    async fn serve_plain(self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let redirect_port = {
+            let snapshot = self.state.snapshot.load();
+            let wanted = snapshot.config.server.redirect_to_https
+                && self.kind == ListenerKind::DataPlane
+                && self.https_port != 0;
+            wanted.then_some(self.https_port)
+        };
+        let extras = Extras {
+            hsts: None,
+            redirect_port,
+        };
+        self.serve(stream, "http", Negotiated::Unknown, extras)
+            .await;
     }
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    debug!(%peer, %error, "downstream connection ended with an error");
-                }
+
+    async fn serve_tls(self, stream: TcpStream, tls: &TlsTerminator) {
+        let _ = stream.set_nodelay(true);
+        let (handshake_timeout, hsts_max_age) = {
+            let snapshot = self.state.snapshot.load();
+            (
+                snapshot.request_header_timeout,
+                snapshot.config.security.hsts_max_age,
+            )
+        };
+        // The request-head timeout bounds the handshake too, so a client
+        // cannot hold a connection open by sending a ClientHello slowly.
+        let mut shutdown = self.shutdown.clone();
+        let handshake = tokio::select! {
+            result = tokio::time::timeout(handshake_timeout, tls.accept(stream)) => result,
+            _ = shutdown.changed() => return,
+        };
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                debug!(peer = %self.peer, %error, "TLS handshake failed");
                 return;
             }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
+            Err(_) => {
+                debug!(peer = %self.peer, timeout = ?handshake_timeout, "TLS handshake timed out");
+                return;
             }
-            _ = ticker.tick(), if !closing => {
-                match inspect(&activity) {
-                    Verdict::Busy => head_pending_since = None,
-                    Verdict::HeadPending => {
-                        let since = *head_pending_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= header_timeout {
-                            debug!(%peer, timeout = ?header_timeout, "closing connection: request head not received in time");
-                            return;
-                        }
+        };
+        let negotiated = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Negotiated::Http2,
+            Some(b"http/1.1") => Negotiated::Http1,
+            _ => Negotiated::Unknown,
+        };
+        let extras = Extras {
+            hsts: hsts_max_age.and_then(|age| {
+                HeaderValue::from_str(&format!("max-age={}", age.0.as_secs())).ok()
+            }),
+            redirect_port: None,
+        };
+        self.serve(stream, "https", negotiated, extras).await;
+    }
+
+    async fn serve<S>(self, stream: S, scheme: &'static str, negotiated: Negotiated, extras: Extras)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            state,
+            kind,
+            mut shutdown,
+            ..
+        } = self;
+        let activity = Arc::new(ConnActivity::new());
+        if negotiated == Negotiated::Http2 {
+            activity.http2.store(true, Ordering::Relaxed);
+        }
+        let (header_timeout, idle_timeout, max_header_bytes) = {
+            let snapshot = state.snapshot.load();
+            let server = &snapshot.config.server;
+            (
+                snapshot.request_header_timeout,
+                snapshot.idle_timeout,
+                server.max_request_header_bytes,
+            )
+        };
+        let context = ConnContext {
+            state,
+            client: ClientInfo {
+                peer: peer.ip().to_canonical(),
+                scheme,
+            },
+            listener: kind,
+            activity: activity.clone(),
+        };
+        let io = TokioIo::new(ActivityIo {
+            inner: stream,
+            activity: activity.clone(),
+            framer: RequestFramer::new(),
+            rejected: false,
+        });
+        let extras = Arc::new(extras);
+        let service =
+            service_fn(move |request| serve_request(context.clone(), extras.clone(), request));
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header_bytes.min(u32::MAX as usize) as u32);
+        let builder = match negotiated {
+            Negotiated::Http1 => builder.http1_only(),
+            Negotiated::Http2 => builder.http2_only(),
+            Negotiated::Unknown => builder,
+        };
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(connection);
+
+        let tick_every = (header_timeout.min(idle_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(tick_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut head_pending_since: Option<Instant> = None;
+        let mut closing = *shutdown.borrow();
+        if closing {
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(%peer, %error, "downstream connection ended with an error");
                     }
-                    Verdict::Idle(idle_for) => {
-                        head_pending_since = None;
-                        if idle_for >= idle_timeout {
-                            debug!(%peer, "closing idle connection");
-                            closing = true;
-                            connection.as_mut().graceful_shutdown();
+                    return;
+                }
+                _ = shutdown.changed(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = ticker.tick(), if !closing => {
+                    match inspect(&activity) {
+                        Verdict::Busy => head_pending_since = None,
+                        Verdict::HeadPending => {
+                            let since = *head_pending_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= header_timeout {
+                                debug!(%peer, timeout = ?header_timeout, "closing connection: request head not received in time");
+                                return;
+                            }
+                        }
+                        Verdict::Idle(idle_for) => {
+                            head_pending_since = None;
+                            if idle_for >= idle_timeout {
+                                debug!(%peer, "closing idle connection");
+                                closing = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Serves one request: a redirect to HTTPS on a connection set up for
+/// redirects, otherwise the proxy, with HSTS added on TLS connections.
+async fn serve_request(
+    context: ConnContext,
+    extras: Arc<Extras>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    if let Some(port) = extras.redirect_port {
+        if !matches!(request.uri().path(), "/health" | "/ready") {
+            // Counted as a request so the idle and head timeouts see it.
+            context.activity.request_started(request.version());
+            let response = https_redirect(&request, port);
+            context.activity.request_finished();
+            return Ok(response);
+        }
+    }
+    let mut response = handle(context, request).await?;
+    if let Some(hsts) = &extras.hsts {
+        response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+    Ok(response)
+}
+
+/// Returns a 308 response to the same host, path and query on `https://`
+/// and the TLS port (left out when it is 443). A request without a usable
+/// host gets 400, since there is nothing to redirect to.
+fn https_redirect<B>(request: &Request<B>, port: u16) -> Response<ProxyBody> {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+        });
+    let Some(host) = authority.and_then(host_without_port) else {
+        return crate::error::json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({
+                "error": "bad_request",
+                "status": 400,
+                "message": "plain HTTP is redirected to HTTPS, and the request has no valid Host header to redirect to",
+            }),
+        );
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |path| path.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+/// Returns the host of a `Host` value without its port, or `None` when it
+/// contains characters no host name or IP literal has.
+fn host_without_port(authority: &str) -> Option<&str> {
+    let host = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        &authority[..=end]
+    } else {
+        authority.split(':').next()?
+    };
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-._[]:".contains(&byte));
+    valid.then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_without_port_cases() {
+        assert_eq!(host_without_port("example.com"), Some("example.com"));
+        assert_eq!(host_without_port("example.com:8080"), Some("example.com"));
+        assert_eq!(host_without_port("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_without_port("[::1]"), Some("[::1]"));
+        assert_eq!(host_without_port(""), None);
+        assert_eq!(host_without_port("evil.com/path"), None);
+        assert_eq!(host_without_port("a@b"), None);
+    }
+
+    #[test]
+    fn redirect_keeps_path_and_query() {
+        let request = Request::builder()
+            .uri("/a/b?x=1")
+            .header(header::HOST, "shop.example:8080")
+            .body(())
+            .unwrap();
+        let response = https_redirect(&request, 8443);
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "https://shop.example:8443/a/b?x=1"
+        );
+        let response = https_redirect(&request, 443);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "https://shop.example/a/b?x=1"
+        );
+    }
+
+    #[test]
+    fn redirect_without_host_is_bad_request() {
+        let request = Request::builder().uri("/").body(()).unwrap();
+        assert_eq!(
+            https_redirect(&request, 8443).status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -63,6 +63,7 @@ impl Upstream {
         let pool_size = config.pool_size.unwrap_or(default_pool_size);
         let http2 = config.protocol == UpstreamProtocol::Http2;
         let epoch = Instant::now();
+        let tls = crate::tls::UpstreamTls::from_upstream(config);
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for endpoint in &config.endpoints {
             let address: Arc<str> = endpoint.address().into();
@@ -70,6 +71,7 @@ impl Upstream {
                 warn!(upstream = %config.name, endpoint = %address, %error, "endpoint did not resolve; will retry");
                 Vec::new()
             });
+            let endpoint_tls = tls.as_ref().map(|tls| tls.endpoint(&address));
             endpoints.push(Arc::new(Endpoint {
                 address,
                 weight: endpoint.weight().max(1),
@@ -79,7 +81,8 @@ impl Upstream {
                     pool_size,
                     config.pool_idle_timeout.0,
                     config.connect_timeout.0,
-                ),
+                )
+                .with_tls(endpoint_tls),
                 active_requests: AtomicUsize::new(0),
                 consecutive_failures: AtomicU32::new(0),
                 ejected_until_ms: AtomicU64::new(0),

@@ -45,7 +45,7 @@ pub struct DemoArgs {
 
 /// Runs `--validate-config`: prints the result and returns the exit code.
 pub fn validate_config(path: &Path) -> ExitCode {
-    match load_checked(path) {
+    match load_checked(path).and_then(|config| crate::certs::check_config_files(config, path)) {
         Ok(_) => {
             println!("configuration OK");
             ExitCode::SUCCESS

@@ -2,6 +2,7 @@
 //! built-in endpoints, signals, logging and the demo.
 
 mod builtins;
+mod certs;
 mod checks;
 mod cli;
 mod demo;

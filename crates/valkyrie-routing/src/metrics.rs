@@ -356,6 +356,7 @@ pub fn render(control: &Control) -> String {
     write_summary(&mut text, metrics);
     write_info(&mut text, control);
     write_process(&mut text);
+    crate::certs::write_expiry(&mut text, control.tls.as_deref());
 
     let mut registry_text = String::new();
     if prometheus_client::encoding::text::encode(&mut registry_text, &metrics.registry).is_ok() {

@@ -88,6 +88,9 @@ pub struct ConfigStatus {
     pub loaded_at: String,
     pub generation: u64,
     pub last_reload: Option<ReloadResult>,
+    /// TLS termination: each certificate with its names, file, expiry and
+    /// last error; `null` when TLS is off.
+    pub tls: Option<serde_json::Value>,
 }
 
 /// The outcome of the last reload attempt.
@@ -118,6 +121,8 @@ pub struct Control {
     pub admin_allow: arc_swap::ArcSwap<CidrSet>,
     pub admin_token: Option<String>,
     pub has_admin_listener: bool,
+    /// TLS termination, when `[security] enable_tls` is set.
+    pub tls: Option<Arc<valkyrie_proxy::tls::TlsTerminator>>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -127,7 +132,9 @@ impl Control {
     }
 
     pub fn status(&self) -> ConfigStatus {
-        self.status.lock().unwrap().clone()
+        let mut status = self.status.lock().unwrap().clone();
+        status.tls = self.tls.as_deref().map(crate::certs::status_json);
+        status
     }
 
     pub fn is_ready(&self) -> bool {
@@ -139,6 +146,7 @@ impl Control {
     pub async fn reload(&self, trigger: &str) -> Result<ConfigStatus, String> {
         let _guard = self.reload_lock.lock().await;
         let outcome = self.reload_locked().await;
+        self.reload_tls();
         self.record_reload(trigger, outcome.as_ref().err().cloned());
         match outcome {
             Ok(()) => {
@@ -186,6 +194,7 @@ impl Control {
             None => Err("no previous configuration to roll back to".to_string()),
         };
         self.record_reload("rollback", outcome.as_ref().err().cloned());
+        self.reload_tls();
         match outcome {
             Ok(()) => {
                 info!(version = %self.status().version, "rolled back to the previous configuration");
@@ -241,6 +250,19 @@ impl Control {
         });
     }
 
+    /// Reads every certificate file again with the TLS settings of the
+    /// running config. Certificates that fail keep their previous version;
+    /// the terminator logs the errors and keeps them for the status.
+    fn reload_tls(&self) {
+        if let Some(tls) = &self.tls {
+            let config = self.state().snapshot.load().config.clone();
+            let errors = tls.reload(&config.security);
+            if errors.is_empty() {
+                info!("TLS certificates reloaded");
+            }
+        }
+    }
+
     /// Reopens the log file after rotation.
     pub fn reopen_log(&self) {
         if let Some(file) = &self.log_file {
@@ -259,8 +281,10 @@ fn warn_about_restart_only_changes(old: &Config, new: &Config) {
         || old.metrics.listen != new.metrics.listen
         || old.admin.listen != new.admin.listen
         || old.server.worker_threads != new.server.worker_threads
+        || old.security.enable_tls != new.security.enable_tls
+        || old.security.tls_listen != new.security.tls_listen
     {
-        warn!("listen addresses and worker_threads change only on restart; the new values are ignored until then");
+        warn!("listen addresses, enable_tls and worker_threads change only on restart; the new values are ignored until then");
     }
 }
 
@@ -374,6 +398,14 @@ pub async fn start(
         .map_err(|error| error.to_string())?;
     let generation = snapshot.generation;
 
+    let tls = if config.security.enable_tls {
+        let terminator = valkyrie_proxy::tls::TlsTerminator::new(&config.security)
+            .map_err(|error| format!("cannot start TLS: {error}"))?;
+        Some(terminator)
+    } else {
+        None
+    };
+
     let admin_allow = CidrSet::parse(config.admin.allow.iter().map(String::as_str))?;
     let control = Arc::new(Control {
         state: OnceLock::new(),
@@ -385,6 +417,7 @@ pub async fn start(
             loaded_at: now_rfc3339(),
             generation,
             last_reload: None,
+            tls: None,
         }),
         history: Mutex::new(VecDeque::from([GoodConfig {
             config: config.clone(),
@@ -396,6 +429,7 @@ pub async fn start(
         admin_allow: arc_swap::ArcSwap::from_pointee(admin_allow),
         admin_token: read_admin_token(&config)?,
         has_admin_listener: config.admin.listen.is_some(),
+        tls: tls.clone(),
         metrics: Arc::new(crate::metrics::Metrics::new(
             config.routing.performance_budget.0,
         )),
@@ -413,6 +447,10 @@ pub async fn start(
     let server = Server::new(state.clone());
 
     let data_listeners = bind_all(&config.server.listen, "[server] listen")?;
+    let tls_listeners = match &tls {
+        Some(_) => bind_all(&config.security.tls_listen, "[security] tls_listen")?,
+        None => Vec::new(),
+    };
     let admin_listener = match &config.admin.listen {
         Some(address) => Some(bind_all(std::slice::from_ref(address), "[admin] listen")?.remove(0)),
         None => None,
@@ -435,8 +473,23 @@ pub async fn start(
         .collect();
     let admin_address = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let metrics_address = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let tls_addresses: Vec<SocketAddr> = tls_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     for listener in data_listeners {
         server.spawn_listener(listener, ListenerKind::DataPlane);
+    }
+    if let Some(tls) = &tls {
+        if let Some(first) = tls_addresses.first() {
+            server.set_https_port(first.port());
+        }
+        for listener in tls_listeners {
+            server.spawn_tls_listener(listener, ListenerKind::DataPlane, tls.clone());
+        }
+        // Picks up certificate files replaced on disk, including the
+        // symlink swap of a Kubernetes secret volume.
+        tls.spawn_watcher(std::time::Duration::from_secs(1));
     }
     if let Some(listener) = admin_listener {
         server.spawn_listener(listener, ListenerKind::Admin);
@@ -449,6 +502,7 @@ pub async fn start(
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = ?data_addresses,
+        tls = ?tls_addresses,
         metrics = ?metrics_address,
         admin = ?admin_address,
         routes = config.routes.len(),

@@ -85,6 +85,7 @@ pub(super) fn check(validator: &mut Validator<'_>, root: &Table) {
     check_unreachable_routes(validator, &routes);
     check_route_count(validator, root, routes.len());
     check_redis_users(validator, root, &key_tables);
+    check_https_redirect(validator, root);
     check_listener_collisions(validator, root);
 }
 
@@ -324,6 +325,35 @@ fn check_redis_users(validator: &mut Validator<'_>, root: &Table, key_tables: &[
                 format!("key table {name} reads a Redis hash, but the file has no [redis] section");
             validator.report(at, ErrorKind::MissingKey, "redis", message, hint());
         }
+    }
+}
+
+/// Reports `redirect_to_https` without TLS listeners to redirect to.
+fn check_https_redirect(validator: &mut Validator<'_>, root: &Table) {
+    let Some(server) = section(root, &["server"]) else {
+        return;
+    };
+    let Some((item, at)) = server.item("redirect_to_https") else {
+        return;
+    };
+    if item.as_bool() != Some(true) {
+        return;
+    }
+    let tls_enabled = section(root, &["security"])
+        .and_then(|security| security.item("enable_tls"))
+        .and_then(|(item, _)| item.as_bool())
+        .unwrap_or(Config::default().security.enable_tls);
+    if !tls_enabled {
+        let message = "`server.redirect_to_https` is true, but `security.enable_tls` is false, so there is no HTTPS listener to redirect to";
+        let hint =
+            Some("set enable_tls = true in [security], or remove redirect_to_https".to_string());
+        validator.report(
+            at,
+            ErrorKind::Conflict,
+            "server.redirect_to_https",
+            message,
+            hint,
+        );
     }
 }
 

@@ -1,7 +1,9 @@
 //! Checks across the keys of one table: keys that exclude or need each
 //! other, and values that must agree.
 
-use super::{TableAt, Validator};
+use std::collections::HashMap;
+
+use super::{table_list, TableAt, Validator};
 use crate::error::ErrorKind;
 use crate::units::Duration;
 
@@ -38,6 +40,64 @@ pub(crate) fn certificate(validator: &mut Validator<'_>, table: &TableAt<'_>) {
                     .to_string(),
             );
             validator.report(at, ErrorKind::InvalidValue, path, message, hint);
+        }
+    }
+}
+
+pub(crate) fn security(validator: &mut Validator<'_>, table: &TableAt<'_>) {
+    let requires_client_cert = table
+        .item("require_client_cert")
+        .and_then(|(item, _)| item.as_bool())
+        == Some(true);
+    if requires_client_cert && !table.has_or_intends("client_ca_path") {
+        let message = "`security` sets `require_client_cert = true` without `client_ca_path`";
+        let hint = Some(
+            "set client_ca_path to the PEM bundle of the CAs that issue client certificates"
+                .to_string(),
+        );
+        validator.report(
+            table.key_at("require_client_cert"),
+            ErrorKind::MissingKey,
+            table.child("client_ca_path"),
+            message,
+            hint,
+        );
+    }
+    check_certificate_names(validator, table);
+}
+
+/// Reports a server name that two `[[security.certificates]]` entries (or
+/// one entry twice) list, since SNI could not tell which certificate to send.
+fn check_certificate_names(validator: &mut Validator<'_>, table: &TableAt<'_>) {
+    let Some((certificates, _)) = table.item("certificates") else {
+        return;
+    };
+    let mut first_seen: HashMap<String, (String, usize)> = HashMap::new();
+    for (index, (entry, _)) in table_list(certificates).into_iter().enumerate() {
+        let Some(names) = entry.get("server_names").and_then(|item| item.as_array()) else {
+            continue;
+        };
+        let key = format!("{}.certificates[{index}].server_names", table.path);
+        for value in names.iter() {
+            let Some(name) = value.as_str() else {
+                continue;
+            };
+            let at = value.span().map_or(table.at, |span| span.start);
+            match first_seen.get(&name.to_ascii_lowercase()) {
+                Some((first_key, first_at)) => {
+                    let line = validator.line(*first_at);
+                    let message = format!(
+                        "`{key}`: server name `{name}` is already listed in `{first_key}` (line {line})"
+                    );
+                    let hint = Some(
+                        "list each server name under one certificate, so SNI picks one".to_string(),
+                    );
+                    validator.report(at, ErrorKind::DuplicateName, key.clone(), message, hint);
+                }
+                None => {
+                    first_seen.insert(name.to_ascii_lowercase(), (key.clone(), at));
+                }
+            }
         }
     }
 }

@@ -182,6 +182,7 @@ static SERVER: Section = table(
         key("max_request_body_bytes", Kind::Size),
         key("trusted_proxies", Kind::TextList(Text::Cidr)),
         key("via_name", Kind::Text(Text::Token)),
+        key("redirect_to_https", Kind::Bool),
     ],
 );
 
@@ -251,19 +252,25 @@ static PERFORMANCE: Section = table(
     ],
 );
 
-static SECURITY: Section = table(
-    "security",
-    &[
-        key("enable_tls", Kind::Bool),
-        key("tls_listen", Kind::TextList(Text::Listen)),
-        key("tls_cert_path", Kind::Text(Text::NonEmpty)),
-        key("tls_key_path", Kind::Text(Text::NonEmpty)),
-        key("min_tls_version", Kind::Text(Text::Choice(TLS_VERSIONS))),
-        key("certificates", Kind::TableList(&CERTIFICATE)),
-        key("rate_limiting", Kind::Table(&RATE_LIMITING)),
-        key("deny_list", Kind::TextList(Text::Cidr)),
-    ],
-);
+static SECURITY: Section = Section {
+    rule: Some(rules::security),
+    ..table(
+        "security",
+        &[
+            key("enable_tls", Kind::Bool),
+            key("tls_listen", Kind::TextList(Text::Listen)),
+            key("tls_cert_path", Kind::Text(Text::NonEmpty)),
+            key("tls_key_path", Kind::Text(Text::NonEmpty)),
+            key("min_tls_version", Kind::Text(Text::Choice(TLS_VERSIONS))),
+            key("certificates", Kind::TableList(&CERTIFICATE)),
+            key("client_ca_path", Kind::Text(Text::NonEmpty)),
+            key("require_client_cert", Kind::Bool),
+            key("hsts_max_age", NONZERO_DURATION),
+            key("rate_limiting", Kind::Table(&RATE_LIMITING)),
+            key("deny_list", Kind::TextList(Text::Cidr)),
+        ],
+    )
+};
 
 static CERTIFICATE: Section = Section {
     rule: Some(rules::certificate),
