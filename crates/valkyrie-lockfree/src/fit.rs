@@ -7,9 +7,9 @@
 //! line, in an array of their own. The key lengths and offsets into one
 //! shared key arena fill a 64-byte metadata group in a second array. A lookup
 //! compares the seven tags at once with SSE2 and touches metadata and key
-//! bytes only for a tag match, so with 16-bit tags a miss almost never leaves
-//! the compact tag array, which stays in cache far longer than the rest of
-//! the table. A lookup also prefetches the metadata group while it compares
+//! bytes only for a tag match. With 16-bit tags a miss almost never leaves
+//! the compact tag array (2.3 bytes per slot), which stays in cache far
+//! longer than the rest of the table. A lookup also prefetches the metadata group while it compares
 //! tags, so a hit waits for about two memory accesses in a row: metadata,
 //! then key bytes. Values live in a third array indexed by slot, which the
 //! CPU loads while it compares the key bytes.
@@ -686,7 +686,7 @@ fn next_group(group_index: usize, step: usize, group_count: usize) -> usize {
     }
 }
 
-/// Returns the group count that holds `capacity` entries at `load_factor`:
+/// Returns the group count with room for `capacity` entries at `load_factor`:
 /// the smallest prime at least that large, or 1 if one group is enough.
 fn group_count_for(capacity: usize, load_factor: f64) -> usize {
     let slots = (capacity as f64 / load_factor).ceil();

@@ -3,11 +3,11 @@
 //! last reader drops it.
 //!
 //! [`Rcu`] keeps the current snapshot in an `ArcSwap`. [`Rcu::load`] takes
-//! a snapshot through arc-swap's debt slots, so the hot path does not touch
-//! the shared reference count; [`Rcu::reader`] returns a per-thread cache
-//! whose load is one atomic load while the snapshot is unchanged; and
-//! [`Rcu::load_full`] returns an owned `Arc` for a request that keeps its
-//! snapshot across await points.
+//! a snapshot through one of the calling thread's debt slots in arc-swap, so
+//! the hot path does not touch the shared reference count. [`Rcu::reader`]
+//! returns a per-thread cache whose load is one atomic load while the
+//! snapshot is unchanged. [`Rcu::load_full`] returns an owned `Arc` for a
+//! request that keeps its snapshot across await points.
 //!
 //! [`Publisher`] batches caller-defined updates on a background thread and
 //! publishes a new snapshot built by a caller-supplied `apply` function after
@@ -131,8 +131,8 @@ impl<T: fmt::Debug> fmt::Debug for Snapshot<T> {
 }
 
 /// Snapshot borrowed from an [`Rcu`] by [`Rcu::load`]. Hold it for the
-/// duration of one lookup; a thread holding many guards at once makes later
-/// loads fall back to the reference count.
+/// duration of one lookup. arc-swap 1.9 has eight debt slots per thread, and
+/// a load while all of them are taken increments the reference count.
 pub struct SnapshotGuard<T>(CellGuard<Snapshot<T>>);
 
 impl<T> Deref for SnapshotGuard<T> {
