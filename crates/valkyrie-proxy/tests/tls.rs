@@ -90,7 +90,7 @@ impl Site {
         self.dir.join(name).display().to_string()
     }
 
-    /// The `[security]` section with the three certificates and `extra` lines.
+    /// Returns the `[security]` section with the three certificates and `extra` lines.
     fn security(&self, extra: &str) -> String {
         format!(
             r#"
@@ -653,7 +653,7 @@ async fn client_ca_replaced_on_disk() {
     );
 }
 
-/// A router config with one upstream reached over TLS.
+/// Returns a router config with one upstream reached over TLS.
 fn tls_upstream_config(address: SocketAddr, protocol: &str, tls: &str) -> String {
     format!(
         r#"

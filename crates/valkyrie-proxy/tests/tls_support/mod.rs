@@ -219,7 +219,7 @@ pub fn peer_leaf(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     stream.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
-/// The protocol ALPN agreed on, as text.
+/// Returns the protocol ALPN agreed on, as text.
 pub fn alpn(stream: &TlsStream<TcpStream>) -> Option<String> {
     stream
         .get_ref()
@@ -305,7 +305,7 @@ pub struct UpstreamSeen {
     pub alpn: Option<String>,
 }
 
-/// A TLS upstream on 127.0.0.1 port 0 that answers 200 `tls-upstream`,
+/// Starts a TLS upstream on 127.0.0.1 port 0 that returns 200 `tls-upstream`,
 /// offers ALPN h2 and http/1.1, and asks for client certificates from
 /// `client_roots` when given (without requiring one).
 pub async fn tls_upstream(
@@ -376,7 +376,7 @@ pub async fn tls_upstream(
 }
 
 /// Sends a hand-made TLS 1.1 ClientHello (no supported_versions extension)
-/// and returns the first bytes the server answers with.
+/// and returns the first bytes the server sends back.
 pub async fn tls11_client_hello(address: SocketAddr) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut hello = Vec::new();
