@@ -471,6 +471,24 @@ impl<V> Cra<V> {
         }
     }
 
+    /// Returns the label length of `node` if `rest` starts with its label.
+    /// Inline labels are compared byte by byte, which avoids a `memcmp`
+    /// call for the short labels that most nodes have.
+    #[inline(always)]
+    fn match_label(&self, node: usize, rest: &[u8]) -> Option<usize> {
+        let node_ref = &self.nodes[node];
+        let len = node_ref.label_len as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let matched = if len <= INLINE_LABEL {
+            (0..len).all(|i| node_ref.label[i] == rest[i])
+        } else {
+            rest.starts_with(self.label(node))
+        };
+        matched.then_some(len)
+    }
+
     /// Descends along `path` and returns the exact value id at its end (if
     /// the path ends on a node boundary) and the deepest prefix value id.
     #[inline(always)]
@@ -485,11 +503,10 @@ impl<V> Cra<V> {
             let Some(child) = self.find_child(node, path[pos]) else {
                 return (NONE, deepest_prefix);
             };
-            let label = self.label(child);
-            if !path[pos..].starts_with(label) {
+            let Some(matched) = self.match_label(child, &path[pos..]) else {
                 return (NONE, deepest_prefix);
-            }
-            pos += label.len();
+            };
+            pos += matched;
             node = child;
             let prefix = self.nodes[node].prefix;
             if prefix != NONE {
