@@ -405,3 +405,67 @@ impl CertificateStore {
         self.resolver.table.load().find(server_name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use rustls::sign::CertifiedKey;
+
+    use super::CertTable;
+
+    /// Returns `count` distinct certified keys; identity is the `Arc` pointer.
+    fn keys(count: usize) -> Vec<Arc<CertifiedKey>> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["test.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let signing = super::super::certs::provider()
+            .key_provider
+            .load_private_key(der)
+            .unwrap();
+        (0..count)
+            .map(|_| Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing.clone())))
+            .collect()
+    }
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?"
+    }
+
+    proptest! {
+        #[test]
+        fn sni_lookup_prefers_exact_then_one_label_wildcard(
+            parent in prop::collection::vec(label(), 1..4).prop_map(|labels| labels.join(".")),
+            first in label(),
+            second in label(),
+            uppercase in any::<bool>(),
+        ) {
+            let [default, exact, wildcard] = <[_; 3]>::try_from(keys(3)).ok().unwrap();
+            let exact_name = format!("{first}.{parent}");
+            let table = CertTable {
+                default: Some(default.clone()),
+                exact: HashMap::from([(exact_name.clone(), exact.clone())]),
+                wildcard: HashMap::from([(parent.clone(), wildcard.clone())]),
+            };
+            let ask = |name: &str| {
+                let name = if uppercase { name.to_ascii_uppercase() } else { name.to_string() };
+                table.find(Some(&name)).unwrap()
+            };
+
+            let sibling = format!("{second}.{parent}");
+            let nested = format!("{second}.{first}.{parent}");
+            prop_assert!(Arc::ptr_eq(&ask(&exact_name), &exact));
+            if second != first {
+                prop_assert!(Arc::ptr_eq(&ask(&sibling), &wildcard));
+            }
+            prop_assert!(Arc::ptr_eq(&ask(&nested), &default));
+            prop_assert!(Arc::ptr_eq(&ask(&parent), &default));
+            prop_assert!(Arc::ptr_eq(&table.find(None).unwrap(), &default));
+        }
+    }
+}
