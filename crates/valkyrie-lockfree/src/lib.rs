@@ -21,4 +21,6 @@ mod sync;
 
 pub use cra::{Cra, CraBuilder, MatchKind};
 pub use fit::{Fit, FitCounters, FitStats, FitTally};
-pub use rcu::{Publisher, PublisherConfig, PublisherStats, Rcu, RcuReader, RcuStats, Snapshot};
+pub use rcu::{
+    Publisher, PublisherConfig, PublisherStats, Rcu, RcuReader, RcuStats, Snapshot, SnapshotGuard,
+};
