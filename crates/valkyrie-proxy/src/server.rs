@@ -290,6 +290,12 @@ impl Server {
                     drop(stream);
                     continue;
                 }
+                let over_heap_limit = state.memory_pressure.load(Ordering::Relaxed);
+                if kind == ListenerKind::DataPlane && over_heap_limit {
+                    debug!(%peer, "closing connection: resident memory is over [performance] max_heap_size");
+                    drop(stream);
+                    continue;
+                }
                 state.open_connections.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
                 let shutdown = shutdown.clone();

@@ -202,6 +202,9 @@ pub struct ProxyState {
     /// Downstream connections open now, for `max_connections` and draining.
     pub open_connections: AtomicU64,
     pub snapshot_stats: Arc<SnapshotStats>,
+    /// Set while the process is over its soft heap limit; data-plane
+    /// listeners close new connections then.
+    pub memory_pressure: AtomicBool,
 }
 
 impl ProxyState {
@@ -215,6 +218,7 @@ impl ProxyState {
             draining: AtomicBool::new(false),
             open_connections: AtomicU64::new(0),
             snapshot_stats: Arc::new(SnapshotStats::default()),
+            memory_pressure: AtomicBool::new(false),
         }
     }
 

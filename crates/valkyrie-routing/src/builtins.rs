@@ -218,6 +218,7 @@ async fn admin(
         (&Method::POST, "/admin/config/rollback") => reload_response(control.rollback().await),
         (&Method::GET, "/admin/routes") => routes(control),
         (&Method::GET, "/admin/upstreams") => upstreams(control),
+        (&Method::POST, "/admin/memory/purge") => memory_purge(control).await,
         (
             _,
             "/config/status"
@@ -225,7 +226,8 @@ async fn admin(
             | "/admin/routes/reload"
             | "/admin/config/rollback"
             | "/admin/routes"
-            | "/admin/upstreams",
+            | "/admin/upstreams"
+            | "/admin/memory/purge",
         ) => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({ "error": "method_not_allowed", "status": 405, "message": format!("{method} is not allowed on {path}") }),
@@ -242,6 +244,13 @@ fn reload_response(outcome: Result<crate::service::ConfigStatus, String>) -> Res
             &json!({ "result": "error", "error": error, "message": "the running configuration was kept" }),
         ),
     }
+}
+
+/// `POST /admin/memory/purge`: the same as SIGUSR2, with allocator
+/// resident bytes before and after.
+async fn memory_purge(control: &Control) -> Response<ProxyBody> {
+    let report = crate::memory::shed_and_log(control.state().clone(), "admin API").await;
+    json_response(StatusCode::OK, &json!({ "result": "ok", "memory": report }))
 }
 
 fn routes(control: &Control) -> Response<ProxyBody> {

@@ -53,6 +53,8 @@ pub const QUEUE_DEPTH: &str = "valkyrie_request_queue_depth";
 pub const ACTIVE_ROUTES: &str = "valkyrie_active_routes";
 pub const RATE_LIMIT_REJECTED: &str = "valkyrie_rate_limit_rejected";
 pub const MEMORY_USAGE: &str = "valkyrie_memory_usage_bytes";
+pub const MEMORY_LIMIT_EXCEEDED: &str = "valkyrie_memory_limit_exceeded";
+pub const MEMORY_LIMIT_EVENTS: &str = "valkyrie_memory_limit_events";
 pub const OPEN_CONNECTIONS: &str = "valkyrie_downstream_connections";
 pub const BUILD_INFO: &str = "valkyrie_build";
 pub const UPTIME: &str = "valkyrie_uptime_seconds";
@@ -105,6 +107,8 @@ pub struct Metrics {
     active_routes: Gauge,
     rate_limit_rejected: Family<[(&'static str, String); 1], Counter>,
     memory_usage: Gauge,
+    memory_limit_exceeded: Gauge,
+    memory_limit_events: Counter,
     open_connections: Gauge,
 }
 
@@ -147,6 +151,8 @@ impl Metrics {
             active_routes: Gauge::default(),
             rate_limit_rejected: Family::default(),
             memory_usage: Gauge::default(),
+            memory_limit_exceeded: Gauge::default(),
+            memory_limit_events: Counter::default(),
             open_connections: Gauge::default(),
             registry: Registry::default(),
         };
@@ -261,6 +267,16 @@ impl Metrics {
             metrics.memory_usage.clone(),
         );
         registry.register(
+            MEMORY_LIMIT_EXCEEDED,
+            "1 while allocator resident bytes are over [performance] max_heap_size and new connections are closed, else 0",
+            metrics.memory_limit_exceeded.clone(),
+        );
+        registry.register(
+            MEMORY_LIMIT_EVENTS,
+            "Times allocator resident bytes went over [performance] max_heap_size",
+            metrics.memory_limit_events.clone(),
+        );
+        registry.register(
             OPEN_CONNECTIONS,
             "Downstream connections open now",
             metrics.open_connections.clone(),
@@ -300,6 +316,14 @@ impl Metrics {
     #[allow(dead_code)] // NOTE: called once rate limiting exists.
     pub fn rate_limit_rejected(&self, route: &str) {
         self.rate_limit_rejected.get_or_create(&[("route", route.to_string())]).inc();
+    }
+
+    /// Sets the heap-limit gauge; going over the limit also counts an event.
+    pub fn set_memory_limit_exceeded(&self, exceeded: bool) {
+        self.memory_limit_exceeded.set(i64::from(exceeded));
+        if exceeded {
+            self.memory_limit_events.inc();
+        }
     }
 
     /// Records one snapshot grace period in the histogram.

@@ -263,6 +263,11 @@ impl Control {
         }
     }
 
+    /// Returns the path of the log file, when one is open.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log_file.as_ref().map(LogFile::path)
+    }
+
     /// Reopens the log file after rotation.
     pub fn reopen_log(&self) {
         if let Some(file) = &self.log_file {
@@ -498,6 +503,9 @@ pub async fn start(
         builtins::spawn_metrics_listener(listener, control.clone());
     }
 
+    crate::memory::init_profiling();
+    crate::memory::spawn_heap_limit_watch(control.clone());
+
     control.ready.store(true, Ordering::Relaxed);
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -519,16 +527,21 @@ pub async fn start(
 
 impl Running {
     /// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads the config
-    /// and reopens the log file. Returns the process exit code.
+    /// and reopens the log file, SIGUSR1 writes a memory report and SIGUSR2
+    /// sheds caches and free memory. Returns the process exit code.
     pub async fn wait_for_signals(self) -> ExitCode {
         use tokio::signal::unix::{signal, SignalKind};
 
-        let (mut terminate, mut interrupt, mut hangup) = match (
+        let (mut terminate, mut interrupt, mut hangup, mut user1, mut user2) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
         ) {
-            (Ok(terminate), Ok(interrupt), Ok(hangup)) => (terminate, interrupt, hangup),
+            (Ok(terminate), Ok(interrupt), Ok(hangup), Ok(user1), Ok(user2)) => {
+                (terminate, interrupt, hangup, user1, user2)
+            }
             _ => {
                 error!("cannot install signal handlers");
                 return ExitCode::FAILURE;
@@ -542,6 +555,14 @@ impl Running {
                     info!("SIGHUP received: reloading the configuration and reopening the log file");
                     self.control.reopen_log();
                     let _ = self.control.reload("SIGHUP").await;
+                }
+                _ = user1.recv() => {
+                    info!("SIGUSR1 received: writing a memory report");
+                    crate::memory::report_on_signal(self.control.clone()).await;
+                }
+                _ = user2.recv() => {
+                    info!("SIGUSR2 received: dropping caches and returning free memory to the operating system");
+                    crate::memory::shed_and_log(self.server.state().clone(), "SIGUSR2").await;
                 }
             }
         };
