@@ -506,3 +506,42 @@ async fn heap_limit_closes_new_connections_until_raised() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn heap_limit_keeps_open_connections_serving() {
+    let upstream = upstream().await;
+    let large = "[performance]\nmax_heap_size = \"6GB\"";
+    let router = Router::start(
+        upstream,
+        Options {
+            tables: large,
+            ..Options::default()
+        },
+    )
+    .await;
+    // This client keeps its connection open between requests.
+    let kept = client();
+    get_ok(&kept, &router.url("/before-limit")).await;
+    assert_eq!(
+        router.metric("valkyrie_memory_limit_exceeded").await,
+        Some(0.0)
+    );
+
+    router.reload(Options {
+        tables: "[performance]\nmax_heap_size = \"1MB\"",
+        ..Options::default()
+    });
+    router
+        .wait_for_metric("valkyrie_memory_limit_exceeded", 1.0)
+        .await;
+
+    get_ok(&kept, &router.url("/on-open-connection")).await;
+    let refused = fresh_connection_client()
+        .get(router.url("/on-new-connection"))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a new connection was served over the limit: {refused:?}"
+    );
+}
