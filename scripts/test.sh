@@ -4,6 +4,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# The rate-limit tests start their own redis-server on a free 127.0.0.1
+# port; they fail, rather than skip, when it is missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "redis-server not found; installing it with apt-get" >&2
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update && apt-get install -y redis-server
+  else
+    sudo apt-get update && sudo apt-get install -y redis-server
+  fi || echo "installing redis-server failed; the rate-limit tests will fail" >&2
+fi
+
 # Integration tests start their own servers on 127.0.0.1 port 0.
 cargo test --workspace --all-targets
 status=$?

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, ProxyBody};
 
@@ -39,6 +39,8 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// Too many requests at once; the client should retry later.
     Overloaded,
+    /// The client exceeded a rate limit; `Retry-After` says when to retry.
+    RateLimited,
     /// The server is shutting down.
     ShuttingDown,
 }
@@ -57,6 +59,7 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::UpstreamProtocol => "upstream_protocol_error",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::ShuttingDown => "shutting_down",
         }
     }
@@ -74,6 +77,7 @@ impl ErrorKind {
             ErrorKind::UpstreamReset,
             ErrorKind::UpstreamProtocol,
             ErrorKind::Overloaded,
+            ErrorKind::RateLimited,
             ErrorKind::ShuttingDown,
         ]
     }
@@ -83,6 +87,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded | ErrorKind::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -95,9 +100,10 @@ impl ErrorKind {
 
     fn side(self) -> Side {
         match self {
-            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge | ErrorKind::NoRoute => {
-                Side::Downstream
-            }
+            ErrorKind::BadRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::NoRoute
+            | ErrorKind::RateLimited => Side::Downstream,
             ErrorKind::Overloaded | ErrorKind::ShuttingDown => Side::Internal,
             _ => Side::Upstream,
         }
@@ -112,7 +118,11 @@ pub struct ProxyError {
     pub nothing_sent: bool,
     pub upstream: Option<String>,
     pub endpoint: Option<String>,
+    /// The matched route, named in the JSON body when set.
+    pub route: Option<String>,
     pub message: String,
+    /// Headers added to the error response, such as `Retry-After`.
+    pub headers: HeaderMap,
 }
 
 impl ProxyError {
@@ -122,7 +132,9 @@ impl ProxyError {
             nothing_sent: false,
             upstream: None,
             endpoint: None,
+            route: None,
             message: message.into(),
+            headers: HeaderMap::new(),
         }
     }
 
@@ -133,6 +145,17 @@ impl ProxyError {
 
     pub fn endpoint(mut self, address: &str) -> Self {
         self.endpoint = Some(address.to_string());
+        self
+    }
+
+    pub fn route(mut self, name: &str) -> Self {
+        self.route = Some(name.to_string());
+        self
+    }
+
+    /// Adds a header to the error response.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
         self
     }
 
@@ -160,7 +183,13 @@ impl ProxyError {
         if let Some(upstream) = &self.upstream {
             body["upstream"] = upstream.as_str().into();
         }
+        if let Some(route) = &self.route {
+            body["route"] = route.as_str().into();
+        }
         let mut response = json_response(self.status(), &body);
+        for (name, value) in &self.headers {
+            response.headers_mut().append(name, value.clone());
+        }
         if self.kind == ErrorKind::BadRequest {
             response
                 .headers_mut()
@@ -212,6 +241,20 @@ mod tests {
             ErrorKind::ResponseTimeout.status(),
             StatusCode::GATEWAY_TIMEOUT
         );
+    }
+
+    #[test]
+    fn rate_limited_names_route_and_keeps_headers() {
+        let error = ProxyError::new(ErrorKind::RateLimited, "slow down")
+            .route("api")
+            .header(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(error.side(), Side::Downstream);
+        let response = error.to_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert!(ErrorKind::all().contains(&ErrorKind::RateLimited));
+        assert_eq!(ErrorKind::RateLimited.as_str(), "rate_limited");
     }
 
     #[test]

@@ -138,7 +138,10 @@ pub async fn handle(
 fn log_error(error: &ProxyError, progress: &Progress, method: &Method, path: &str) {
     let route = progress.route.as_deref().unwrap_or("-");
     match error.kind {
-        ErrorKind::NoRoute | ErrorKind::BadRequest | ErrorKind::PayloadTooLarge => {
+        ErrorKind::NoRoute
+        | ErrorKind::BadRequest
+        | ErrorKind::PayloadTooLarge
+        | ErrorKind::RateLimited => {
             debug!(%method, path, kind = error.kind.as_str(), error = %error.message, "request rejected");
         }
         _ => warn!(
@@ -239,7 +242,17 @@ async fn proxy(
             ),
         ));
     };
-    progress.route = Some(route_name);
+    progress.route = Some(route_name.clone());
+    context
+        .state
+        .rate_limiter
+        .check(
+            &snapshot,
+            &route_name,
+            request.headers(),
+            context.client.peer,
+        )
+        .await?;
     let upstream_index = match target {
         RouteTarget::Upstream(index) => index,
         RouteTarget::KeyTable(_) => {

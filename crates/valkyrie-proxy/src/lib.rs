@@ -8,6 +8,7 @@ mod handler;
 pub mod headers;
 pub mod net;
 pub mod pool;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod tls;

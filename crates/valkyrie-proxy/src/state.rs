@@ -202,6 +202,8 @@ pub struct ProxyState {
     /// Downstream connections open now, for `max_connections` and draining.
     pub open_connections: AtomicU64,
     pub snapshot_stats: Arc<SnapshotStats>,
+    /// Rate limits; they follow the config of each published snapshot.
+    pub rate_limiter: crate::ratelimit::RateLimiter,
     /// Set while the process is over its soft heap limit; data-plane
     /// listeners close new connections then.
     pub memory_pressure: AtomicBool,
@@ -210,6 +212,7 @@ pub struct ProxyState {
 impl ProxyState {
     pub fn new(snapshot: Snapshot) -> ProxyState {
         let access_log = snapshot.config.logging.access_log;
+        let rate_limiter = crate::ratelimit::RateLimiter::new(&snapshot);
         ProxyState {
             snapshot: ArcSwap::from_pointee(snapshot),
             builtins: None,
@@ -218,6 +221,7 @@ impl ProxyState {
             draining: AtomicBool::new(false),
             open_connections: AtomicU64::new(0),
             snapshot_stats: Arc::new(SnapshotStats::default()),
+            rate_limiter,
             memory_pressure: AtomicBool::new(false),
         }
     }

@@ -52,6 +52,8 @@ pub const CACHE_HIT_RATE: &str = "valkyrie_cache_hit_rate";
 pub const QUEUE_DEPTH: &str = "valkyrie_request_queue_depth";
 pub const ACTIVE_ROUTES: &str = "valkyrie_active_routes";
 pub const RATE_LIMIT_REJECTED: &str = "valkyrie_rate_limit_rejected";
+pub const RATE_LIMIT_REDIS_FALLBACK: &str = "valkyrie_rate_limit_redis_fallback";
+pub const RATE_LIMIT_REDIS_UP: &str = "valkyrie_rate_limit_redis_up";
 pub const MEMORY_USAGE: &str = "valkyrie_memory_usage_bytes";
 pub const MEMORY_LIMIT_EXCEEDED: &str = "valkyrie_memory_limit_exceeded";
 pub const MEMORY_LIMIT_EVENTS: &str = "valkyrie_memory_limit_events";
@@ -106,6 +108,8 @@ pub struct Metrics {
     queue_depth: Gauge,
     active_routes: Gauge,
     rate_limit_rejected: Family<[(&'static str, String); 1], Counter>,
+    rate_limit_redis_fallback: Counter,
+    rate_limit_redis_up: Gauge,
     memory_usage: Gauge,
     memory_limit_exceeded: Gauge,
     memory_limit_events: Counter,
@@ -150,6 +154,8 @@ impl Metrics {
             queue_depth: Gauge::default(),
             active_routes: Gauge::default(),
             rate_limit_rejected: Family::default(),
+            rate_limit_redis_fallback: Counter::default(),
+            rate_limit_redis_up: Gauge::default(),
             memory_usage: Gauge::default(),
             memory_limit_exceeded: Gauge::default(),
             memory_limit_events: Counter::default(),
@@ -262,6 +268,16 @@ impl Metrics {
             metrics.rate_limit_rejected.clone(),
         );
         registry.register(
+            RATE_LIMIT_REDIS_FALLBACK,
+            "Requests whose rate limit was decided by the local limiter because Redis was unreachable",
+            metrics.rate_limit_redis_fallback.clone(),
+        );
+        registry.register(
+            RATE_LIMIT_REDIS_UP,
+            "1 while the Redis rate-limit backend is reachable; 0 while it is not, or when rate limits do not use Redis",
+            metrics.rate_limit_redis_up.clone(),
+        );
+        registry.register(
             MEMORY_USAGE,
             "Resident bytes reported by the allocator",
             metrics.memory_usage.clone(),
@@ -313,9 +329,10 @@ impl Metrics {
 
 impl Metrics {
     /// Counts a request rejected by a rate limit on `route`.
-    #[allow(dead_code)] // NOTE: called once rate limiting exists.
     pub fn rate_limit_rejected(&self, route: &str) {
-        self.rate_limit_rejected.get_or_create(&[("route", route.to_string())]).inc();
+        self.rate_limit_rejected
+            .get_or_create(&[("route", route.to_string())])
+            .inc();
     }
 
     /// Sets the heap-limit gauge; going over the limit also counts an event.
@@ -343,6 +360,9 @@ impl Observer for Metrics {
         }
         if let Some(kind) = record.error {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            if let (ErrorKind::RateLimited, Some(route)) = (kind, &record.route) {
+                self.rate_limit_rejected(route);
+            }
             if let Some(index) = ErrorKind::all().iter().position(|k| *k == kind) {
                 self.errors_by_kind[index].fetch_add(1, Ordering::Relaxed);
             }
@@ -583,9 +603,21 @@ fn refresh_components(control: &Control) {
         .memory_usage
         .set(crate::memory::resident_bytes().unwrap_or(0) as i64);
 
+    let limiter = &state.rate_limiter;
+    limiter.sync(&snapshot);
+    let fallbacks = limiter.redis_fallbacks();
+    metrics
+        .rate_limit_redis_fallback
+        .inc_by(fallbacks.saturating_sub(metrics.rate_limit_redis_fallback.get()));
+    metrics
+        .rate_limit_redis_up
+        .set(i64::from(limiter.redis_up() == Some(true)));
+
     // Every route gets a rate-limit sample, zero until a limit rejects a request.
     for route in snapshot.routes.routes() {
-        let _ = metrics.rate_limit_rejected.get_or_create(&[("route", route.name.to_string())]);
+        let _ = metrics
+            .rate_limit_rejected
+            .get_or_create(&[("route", route.name.to_string())]);
     }
 
     for upstream in &snapshot.upstreams {
