@@ -122,7 +122,11 @@ impl RedisBackend {
 
     /// Starts the probe task once; it ends when the backend is dropped.
     pub fn ensure_monitor(self: &Arc<Self>) {
-        if self.client.is_none() || self.monitor_started.swap(true, Ordering::AcqRel) {
+        // The load keeps the request path from writing the shared flag.
+        if self.client.is_none()
+            || self.monitor_started.load(Ordering::Acquire)
+            || self.monitor_started.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let backend = Arc::downgrade(self);
