@@ -126,32 +126,63 @@ impl RequestFramer {
                     line_start = offset;
                 }
                 State::Head | State::ChunkSize | State::Trailers => {
-                    let byte = bytes[offset];
-                    if byte == b'\n' {
-                        if !self.after_cr {
-                            return self.fail(line_start);
-                        }
-                        self.after_cr = false;
-                        if let Err(()) = self.end_line() {
-                            return self.fail(line_start);
-                        }
-                        line_start = offset + 1;
-                    } else {
-                        if self.after_cr {
-                            // A CR not followed by LF.
-                            return self.fail(line_start);
-                        }
-                        if byte == b'\r' {
-                            self.after_cr = true;
-                        } else if self.line.len() < MAX_LINE {
-                            self.line.push(byte);
-                        }
+                    // A CR left over from the previous call must be followed by LF.
+                    if self.after_cr && bytes[offset] != b'\n' {
+                        return self.fail(line_start);
                     }
-                    offset += 1;
+                    let rest = &bytes[offset..];
+                    let Some(newline) = memchr::memchr(b'\n', rest) else {
+                        // No line end yet: keep the partial line and check that
+                        // a CR appears only as the last byte, where LF may follow.
+                        if let Some(cr) = memchr::memchr(b'\r', rest) {
+                            if cr + 1 != rest.len() {
+                                return self.fail(line_start);
+                            }
+                        }
+                        self.after_cr = rest.last() == Some(&b'\r');
+                        let text = if self.after_cr {
+                            &rest[..rest.len() - 1]
+                        } else {
+                            rest
+                        };
+                        self.keep(text);
+                        return None;
+                    };
+                    let segment = &rest[..newline];
+                    let ends_with_cr = if newline == 0 {
+                        self.after_cr
+                    } else {
+                        segment[newline - 1] == b'\r'
+                    };
+                    if !ends_with_cr {
+                        return self.fail(line_start);
+                    }
+                    let text = if newline == 0 {
+                        segment
+                    } else {
+                        &segment[..newline - 1]
+                    };
+                    if memchr::memchr(b'\r', text).is_some() {
+                        // A CR inside the line, not followed by LF.
+                        return self.fail(line_start);
+                    }
+                    self.keep(text);
+                    self.after_cr = false;
+                    if let Err(()) = self.end_line() {
+                        return self.fail(line_start);
+                    }
+                    offset += newline + 1;
+                    line_start = offset;
                 }
             }
         }
         None
+    }
+
+    /// Appends line bytes up to the inspection limit.
+    fn keep(&mut self, text: &[u8]) {
+        let room = MAX_LINE.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&text[..text.len().min(room)]);
     }
 
     fn fail(&mut self, offset: usize) -> Option<usize> {

@@ -31,6 +31,15 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
 /// header names. `TE: trailers` is kept because gRPC needs it end to end;
 /// any other `TE` value is removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these; one pass over the names is cheaper
+    // than a hashed removal per candidate.
+    let hop_by_hop = fixed_hop_by_hop();
+    let any = headers
+        .keys()
+        .any(|name| name == header::TE || hop_by_hop.iter().any(|candidate| *candidate == name));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
