@@ -8,7 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Process(Child);
@@ -22,8 +26,14 @@ impl Drop for Process {
 
 async fn wait_until_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port}");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -36,7 +46,12 @@ fn pipeline(metrics: &str, command: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
@@ -72,12 +87,14 @@ async fn metrics_follow_traffic_and_runbook_greps_work() {
     let upstream_address = upstream.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = upstream.accept().await else { continue };
+            let Ok((stream, _)) = upstream.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(b"ok"),
-                    )))
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -121,11 +138,19 @@ upstream = "origin"
 
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     for _ in 0..30 {
-        let response = client.get(format!("http://127.0.0.1:{port}/api/x")).send().await.unwrap();
+        let response = client
+            .get(format!("http://127.0.0.1:{port}/api/x"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
     }
     for _ in 0..4 {
-        let response = client.get(format!("http://127.0.0.1:{port}/unrouted")).send().await.unwrap();
+        let response = client
+            .get(format!("http://127.0.0.1:{port}/unrouted"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 404);
     }
 
@@ -141,29 +166,54 @@ upstream = "origin"
         assert!(metrics.contains(name), "{name} missing from the scrape");
     }
 
-    let total = pipeline(&metrics, "grep valkyrie_routing_requests_total | tail -1 | awk '{print $2}'");
+    let total = pipeline(
+        &metrics,
+        "grep valkyrie_routing_requests_total | tail -1 | awk '{print $2}'",
+    );
     assert_eq!(total, "34");
-    let errors = pipeline(&metrics, "grep valkyrie_routing_errors_total | tail -1 | awk '{print $2}'");
+    let errors = pipeline(
+        &metrics,
+        "grep valkyrie_routing_errors_total | tail -1 | awk '{print $2}'",
+    );
     assert_eq!(errors, "4");
-    let route = pipeline(&metrics, "grep 'valkyrie_routing_requests_total{route=\"api\"}' | awk '{print $2}'");
+    let route = pipeline(
+        &metrics,
+        "grep 'valkyrie_routing_requests_total{route=\"api\"}' | awk '{print $2}'",
+    );
     assert_eq!(route, "30");
     let p99 = pipeline(
         &metrics,
         "grep valkyrie_routing_request_duration_seconds | grep quantile=\\\"0.99\\\" | awk '{print $2}'",
     );
-    let p99: f64 = p99.parse().unwrap_or_else(|_| panic!("p99 is not a number: {p99:?}"));
+    let p99: f64 = p99
+        .parse()
+        .unwrap_or_else(|_| panic!("p99 is not a number: {p99:?}"));
     assert!(p99 > 0.0 && p99 < 1.0, "p99 {p99}");
     let monitor_p99 = pipeline(&metrics, "grep quantile=\\\"0.99\\\" | awk '{print $2}'");
     assert_eq!(monitor_p99.lines().count(), 1, "{monitor_p99}");
     let rate = pipeline(&metrics, "grep rate | head -1 | awk '{print $2}'");
-    let rate: f64 = rate.parse().unwrap_or_else(|_| panic!("rate is not a number: {rate:?}"));
+    let rate: f64 = rate
+        .parse()
+        .unwrap_or_else(|_| panic!("rate is not a number: {rate:?}"));
     assert!(rate > 0.0);
-    let count = pipeline(&metrics, "grep valkyrie_routing_request_duration_seconds_count | awk '{print $2}'");
+    let count = pipeline(
+        &metrics,
+        "grep valkyrie_routing_request_duration_seconds_count | awk '{print $2}'",
+    );
     assert_eq!(count, "30");
-    let active_routes = pipeline(&metrics, "grep '^valkyrie_active_routes ' | awk '{print $2}'");
+    let active_routes = pipeline(
+        &metrics,
+        "grep '^valkyrie_active_routes ' | awk '{print $2}'",
+    );
     assert_eq!(active_routes, "1");
-    let pool = pipeline(&metrics, "grep 'valkyrie_connection_pool_idle{upstream=\"origin\"}' | awk '{print $2}'");
+    let pool = pipeline(
+        &metrics,
+        "grep 'valkyrie_connection_pool_idle{upstream=\"origin\"}' | awk '{print $2}'",
+    );
     assert_eq!(pool, "1");
-    let memory = pipeline(&metrics, "grep '^valkyrie_memory_usage_bytes ' | awk '{print $2}'");
+    let memory = pipeline(
+        &metrics,
+        "grep '^valkyrie_memory_usage_bytes ' | awk '{print $2}'",
+    );
     assert!(memory.parse::<u64>().unwrap() > 0);
 }

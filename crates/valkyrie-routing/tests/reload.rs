@@ -102,7 +102,11 @@ fn config_text(
 ) -> String {
     // Each variant changes the routes and, every third one, the upstream
     // settings, so reloads swap pools as well as routes.
-    let timeout = if variant.is_multiple_of(3) { "30s" } else { "20s" };
+    let timeout = if variant.is_multiple_of(3) {
+        "30s"
+    } else {
+        "20s"
+    };
     format!(
         r#"
 [server]
