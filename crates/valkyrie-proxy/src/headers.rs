@@ -36,7 +36,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let hop_by_hop = fixed_hop_by_hop();
     let any = headers
         .keys()
-        .any(|name| name == header::TE || hop_by_hop.iter().any(|candidate| *candidate == name));
+        .any(|name| name == header::TE || hop_by_hop.contains(&name));
     if !any {
         return;
     }
