@@ -39,6 +39,12 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// Too many requests at once; the client should retry later.
     Overloaded,
+    /// Every endpoint the request could go to has an open circuit breaker.
+    CircuitOpen,
+    /// The upstream is at its `max_requests` or `max_pending_requests`.
+    UpstreamOverloaded,
+    /// The client's address is on the deny list.
+    Denied,
     /// The client exceeded a rate limit; `Retry-After` says when to retry.
     RateLimited,
     /// The server is shutting down.
@@ -59,6 +65,9 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::UpstreamProtocol => "upstream_protocol_error",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::UpstreamOverloaded => "upstream_overloaded",
+            ErrorKind::Denied => "denied",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::ShuttingDown => "shutting_down",
         }
@@ -77,6 +86,9 @@ impl ErrorKind {
             ErrorKind::UpstreamReset,
             ErrorKind::UpstreamProtocol,
             ErrorKind::Overloaded,
+            ErrorKind::CircuitOpen,
+            ErrorKind::UpstreamOverloaded,
+            ErrorKind::Denied,
             ErrorKind::RateLimited,
             ErrorKind::ShuttingDown,
         ]
@@ -88,9 +100,12 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded | ErrorKind::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::Denied => StatusCode::FORBIDDEN,
+            ErrorKind::NoHealthyEndpoint
+            | ErrorKind::Overloaded
+            | ErrorKind::CircuitOpen
+            | ErrorKind::UpstreamOverloaded
+            | ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -103,7 +118,8 @@ impl ErrorKind {
             ErrorKind::BadRequest
             | ErrorKind::PayloadTooLarge
             | ErrorKind::NoRoute
-            | ErrorKind::RateLimited => Side::Downstream,
+            | ErrorKind::RateLimited
+            | ErrorKind::Denied => Side::Downstream,
             ErrorKind::Overloaded | ErrorKind::ShuttingDown => Side::Internal,
             _ => Side::Upstream,
         }
@@ -190,15 +206,22 @@ impl ProxyError {
         for (name, value) in &self.headers {
             response.headers_mut().append(name, value.clone());
         }
-        if self.kind == ErrorKind::BadRequest {
+        if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Denied) {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if matches!(self.kind, ErrorKind::Overloaded | ErrorKind::ShuttingDown) {
+        if matches!(
+            self.kind,
+            ErrorKind::Overloaded
+                | ErrorKind::ShuttingDown
+                | ErrorKind::CircuitOpen
+                | ErrorKind::UpstreamOverloaded
+        ) {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .entry(header::RETRY_AFTER)
+                .or_insert(HeaderValue::from_static("1"));
         }
         response
     }

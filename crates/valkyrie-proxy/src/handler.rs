@@ -1,5 +1,6 @@
-//! The per-request proxy logic: built-ins, framing checks, routing, upstream
-//! selection with failover, forwarding, upgrades and the final record.
+//! The per-request proxy logic: built-ins, the deny list, framing checks,
+//! routing, limits, upstream selection with breakers and retries,
+//! forwarding, upgrades and the final record.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,13 +22,12 @@ use valkyrie_router::{RequestInfo, RouteTarget};
 use crate::body::{self, OnFinish, Prefixed, ProxyBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::{self, ClientInfo};
+use crate::limits::ConcurrencyPermit;
 use crate::pool::Conn;
+use crate::retry::{ReplaySource, RetryCondition, RetryPermit};
 use crate::server::ConnActivity;
 use crate::state::{ListenerKind, ProxyState, RequestRecord, Snapshot};
-use crate::upstream::{Endpoint, Upstream};
-
-/// Attempts per request across endpoints when connecting fails.
-const MAX_CONNECT_ATTEMPTS: usize = 3;
+use crate::upstream::{Endpoint, RequestSlot, Selection, Upstream};
 
 /// Context of the connection a request arrived on.
 #[derive(Clone)]
@@ -49,6 +49,16 @@ struct Progress {
     before_send: Duration,
     attempts: u32,
     error: Option<ErrorKind>,
+    /// Limit slots held until the response body ends.
+    slots: LimitSlots,
+}
+
+/// Slots of the concurrency limit and of the upstream's `max_requests`,
+/// released when the record is written at the end of the response body.
+#[derive(Default)]
+struct LimitSlots {
+    _concurrency: Option<ConcurrencyPermit>,
+    _upstream: Option<RequestSlot>,
 }
 
 /// Handles one request; never fails, since every error becomes a response.
@@ -59,7 +69,11 @@ pub async fn handle(
     let started = Instant::now();
     context.activity.request_started(request.version());
 
-    if let Some(builtins) = &context.state.builtins {
+    // The accept loop closes connections from denied sources; this covers
+    // connections accepted before their source was added.
+    let denied = context.listener == ListenerKind::DataPlane
+        && context.state.deny_list.denies(context.client.peer);
+    if let Some(builtins) = context.state.builtins.as_ref().filter(|_| !denied) {
         if builtins.claims(&request, context.listener) {
             let response = builtins
                 .serve(request, context.client, context.listener)
@@ -78,7 +92,15 @@ pub async fn handle(
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut progress = Progress::default();
 
-    let response = match proxy(&context, request, &mut progress, started, &request_bytes).await {
+    let outcome = if denied {
+        Err(ProxyError::new(
+            ErrorKind::Denied,
+            format!("{} is on the deny list", context.client.peer),
+        ))
+    } else {
+        proxy(&context, request, &mut progress, started, &request_bytes).await
+    };
+    let response = match outcome {
         Ok(response) => response,
         Err(error) => {
             progress.error = Some(error.kind);
@@ -141,7 +163,8 @@ fn log_error(error: &ProxyError, progress: &Progress, method: &Method, path: &st
         ErrorKind::NoRoute
         | ErrorKind::BadRequest
         | ErrorKind::PayloadTooLarge
-        | ErrorKind::RateLimited => {
+        | ErrorKind::RateLimited
+        | ErrorKind::Denied => {
             debug!(%method, path, kind = error.kind.as_str(), error = %error.message, "request rejected");
         }
         _ => warn!(
@@ -228,10 +251,14 @@ async fn proxy(
                 found.route.name.clone(),
                 found.route.target.clone(),
                 found.upstream_path().into_owned(),
+                RouteSettings {
+                    timeout: found.route.timeout.map(|timeout| timeout.0),
+                    retry_non_idempotent: found.route.retry_non_idempotent,
+                },
             )
         })
     };
-    let Some((route_name, target, upstream_path)) = route_match else {
+    let Some((route_name, target, upstream_path, route)) = route_match else {
         return Err(ProxyError::new(
             ErrorKind::NoRoute,
             format!(
@@ -265,6 +292,19 @@ async fn proxy(
     let upstream = snapshot.upstreams[upstream_index].clone();
     progress.upstream = Some(upstream.name.clone());
 
+    let queue_timeout = snapshot.config.routing.queue_timeout.0;
+    let Some(permit) = context.state.concurrency.acquire(queue_timeout).await else {
+        return Err(ProxyError::new(
+            ErrorKind::Overloaded,
+            format!(
+                "{} requests are in progress, the max_concurrent_requests limit, and no slot freed up within queue_timeout ({queue_timeout:?})",
+                context.state.concurrency.limit()
+            ),
+        ));
+    };
+    progress.slots._concurrency = Some(permit);
+    progress.slots._upstream = Some(upstream.start_request()?);
+
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
     let body = read_request_body(incoming, &parts.headers, &snapshot, request_bytes).await?;
@@ -282,70 +322,315 @@ async fn proxy(
     };
     let hash_key = hash_key(&upstream, &parts, context.client, &path_and_query);
 
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
-    let mut body = Some(body);
-    let mut last_error = None;
-    while tried.len() < MAX_CONNECT_ATTEMPTS.min(upstream.endpoints.len()) {
-        let Some(index) = upstream.pick(hash_key.as_deref(), &tried) else {
-            break;
-        };
-        tried.push(index);
-        progress.attempts += 1;
-        let endpoint = upstream.endpoints[index].clone();
-        progress.endpoint = Some(endpoint.address.clone());
+    let forward = Forward {
+        upstream: &upstream,
+        parts: &parts,
+        source: replay_source(body, &parts, &upstream, &route),
+        path_and_query: &path_and_query,
+        upgrade,
+        hash_key: hash_key.as_deref(),
+        resend_after_sending: is_idempotent(&parts.method) || route.retry_non_idempotent,
+        deadline_budget: route.timeout.unwrap_or(upstream.config.request_timeout.0),
+    };
+    let (upstreamed, endpoint) = forward.run(progress, started).await?;
+    finish_response(upstreamed, &snapshot, client_upgrade, &endpoint, &upstream)
+}
 
-        let result = send_to_endpoint(
-            &upstream,
-            &endpoint,
-            &mut parts,
-            &mut body,
-            &path_and_query,
-            upgrade,
-            progress,
-            started,
-        )
-        .await;
-        match result {
-            Ok(upstreamed) => {
-                let failed = upstreamed.response.status().is_server_error();
-                upstream.record_outcome(index, failed);
-                return finish_response(
-                    upstreamed,
-                    &snapshot,
-                    client_upgrade,
-                    &endpoint,
-                    &upstream,
-                );
+/// The parts of the matched route that forwarding needs.
+struct RouteSettings {
+    timeout: Option<Duration>,
+    retry_non_idempotent: bool,
+}
+
+/// Wraps the request body so that tries after the first can send it again.
+/// Bodies that may not be resent once sent, and bodies declared larger
+/// than `max_replay_body`, are not kept at all.
+fn replay_source(
+    body: ProxyBody,
+    parts: &Parts,
+    upstream: &Upstream,
+    route: &RouteSettings,
+) -> ReplaySource {
+    let policy = &upstream.retry_policy;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let resendable = is_idempotent(&parts.method) || route.retry_non_idempotent;
+    let keep = if !resendable
+        || policy.max_retries == 0
+        || declared.is_some_and(|length| length > policy.max_replay_body)
+    {
+        0
+    } else {
+        policy.max_replay_body
+    };
+    ReplaySource::new(body, keep)
+}
+
+/// One request on its way to an upstream: endpoint selection through the
+/// breakers, tries with their timeouts, and retries within the policy and
+/// the budget.
+struct Forward<'a> {
+    upstream: &'a Arc<Upstream>,
+    parts: &'a Parts,
+    source: ReplaySource,
+    path_and_query: &'a str,
+    upgrade: bool,
+    hash_key: Option<&'a [u8]>,
+    /// True when a try that sent part of the request may be followed by
+    /// another: the method is idempotent or the route allows it.
+    resend_after_sending: bool,
+    /// Time all tries together may wait for a response head.
+    deadline_budget: Duration,
+}
+
+/// A response that allowed a retry, kept in case no retry can go out.
+struct RetryableResponse {
+    upstreamed: Upstreamed,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Forward<'_> {
+    async fn run(
+        &self,
+        progress: &mut Progress,
+        started: Instant,
+    ) -> Result<(Upstreamed, Arc<Endpoint>), ProxyError> {
+        let upstream = self.upstream;
+        let policy = &upstream.retry_policy;
+        let mut tried: Vec<usize> = Vec::with_capacity(2);
+        let mut last_error: Option<ProxyError> = None;
+        let mut retryable_response: Option<RetryableResponse> = None;
+        let mut retry: Option<RetryPermit> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let (index, ticket) = match upstream.select(self.hash_key, &tried) {
+                Selection::Endpoint(index, ticket) => (index, ticket),
+                Selection::CircuitOpen if retryable_response.is_none() && last_error.is_none() => {
+                    return Err(ProxyError::new(
+                        ErrorKind::CircuitOpen,
+                        "the circuit breaker of every endpoint of the upstream is open",
+                    )
+                    .upstream(&upstream.name));
+                }
+                Selection::CircuitOpen | Selection::Empty => break,
+            };
+            if !tried.is_empty() {
+                upstream.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            Err(error) => {
-                let error = error.upstream(&upstream.name).endpoint(&endpoint.address);
-                if matches!(
-                    error.kind,
-                    ErrorKind::ConnectFailed
-                        | ErrorKind::ConnectTimeout
-                        | ErrorKind::UpstreamReset
-                        | ErrorKind::ResponseTimeout
-                ) {
-                    upstream.record_outcome(index, true);
+            // A response kept for a retry is dropped once the retry goes out.
+            retryable_response = None;
+            tried.push(index);
+            progress.attempts += 1;
+            let endpoint = upstream.endpoints[index].clone();
+            progress.endpoint = Some(endpoint.address.clone());
+
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.deadline_budget);
+            let remaining = deadline.saturating_duration_since(now);
+            let try_timeout = policy
+                .per_try_timeout
+                .map_or(remaining, |limit| limit.min(remaining));
+            let result = self.send(&endpoint, try_timeout, progress, started).await;
+            // The retry's place in the budget ends with its try.
+            drop(retry.take());
+
+            let condition = match result {
+                Ok(upstreamed) => {
+                    let status = upstreamed.response.status();
+                    let failed = status.is_server_error();
+                    upstream.record_outcome(index, failed);
+                    endpoint.breaker.record(ticket, !failed);
+                    let retryable = policy.retries_status(status.as_u16())
+                        && self.resend_after_sending
+                        && self.source.is_replayable();
+                    if !retryable || tried.len() > policy.max_retries as usize {
+                        return Ok((upstreamed, endpoint));
+                    }
+                    retryable_response = Some(RetryableResponse {
+                        upstreamed,
+                        endpoint,
+                    });
+                    RetryCondition::Status(status.as_u16())
                 }
-                let retry = error.nothing_sent && body.is_some();
-                if retry {
-                    debug!(upstream = %upstream.name, endpoint = %endpoint.address, error = %error.message, "trying another endpoint");
+                Err(error) => {
+                    let error = error.upstream(&upstream.name).endpoint(&endpoint.address);
+                    let condition = retry_condition(&error);
+                    match condition {
+                        Some(_) => {
+                            upstream.record_outcome(index, true);
+                            endpoint.breaker.record(ticket, false);
+                        }
+                        // Not the endpoint's failure: the probe slot, if
+                        // any, goes back when the ticket drops.
+                        None => drop(ticket),
+                    }
+                    let allowed = condition.is_some_and(|condition| {
+                        policy.allows(condition)
+                            && (error.nothing_sent || self.resend_after_sending)
+                            && self.source.is_replayable()
+                            && tried.len() <= policy.max_retries as usize
+                    });
+                    let Some(condition) = condition.filter(|_| allowed) else {
+                        return Err(error);
+                    };
+                    last_error = Some(error);
+                    condition
                 }
-                last_error = Some(error);
-                if !retry {
+            };
+            if Instant::now() >= deadline {
+                break;
+            }
+            match upstream.try_retry() {
+                Some(permit) => {
+                    debug!(upstream = %upstream.name, ?condition, tries = tried.len(), "retrying the request");
+                    retry = Some(permit);
+                }
+                None => {
+                    debug!(upstream = %upstream.name, ?condition, "retry budget exhausted; not retrying");
                     break;
                 }
             }
         }
+        if let Some(kept) = retryable_response {
+            return Ok((kept.upstreamed, kept.endpoint));
+        }
+        Err(last_error.unwrap_or_else(|| {
+            ProxyError::new(
+                ErrorKind::NoHealthyEndpoint,
+                "the upstream has no endpoint to send to",
+            )
+            .upstream(&upstream.name)
+        }))
     }
-    Err(last_error.unwrap_or_else(|| {
-        ProxyError::new(
-            ErrorKind::NoHealthyEndpoint,
-            "the upstream has no endpoint to send to",
-        )
-        .upstream(&upstream.name)
-    }))
+
+    /// Sends one try to `endpoint`. On a reused HTTP/1.1 connection that the
+    /// upstream had already closed, sends once more on a new connection when
+    /// that is safe: nothing of the request was written, or the method is
+    /// idempotent and the body can be sent again. That resend is not a retry.
+    async fn send(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        timeout: Duration,
+        progress: &mut Progress,
+        started: Instant,
+    ) -> Result<Upstreamed, ProxyError> {
+        let addresses = endpoint.addresses();
+        let pool = &endpoint.pool;
+        let checkout = {
+            let _pending = self.upstream.start_pending()?;
+            if self.upgrade {
+                if pool.is_http2() {
+                    return Err(ProxyError::new(
+                        ErrorKind::UpstreamProtocol,
+                        "protocol upgrades need an HTTP/1.1 upstream; this upstream speaks HTTP/2",
+                    ));
+                }
+                pool.connect(&addresses).await?
+            } else {
+                pool.checkout(&addresses).await?
+            }
+        };
+        let mut conn = checkout.conn;
+        let mut reused = checkout.reused;
+        let idempotent = is_idempotent(&self.parts.method);
+
+        loop {
+            let request = build_request(
+                self.parts,
+                self.source.attempt(),
+                self.path_and_query,
+                pool.is_http2(),
+                pool.is_tls(),
+            );
+            progress.before_send = started.elapsed();
+            let sent_at = Instant::now();
+            let outcome = {
+                let _active = ActiveRequest::start(endpoint);
+                match &mut conn {
+                    Conn::Http1(sender) => {
+                        tokio::time::timeout(timeout, sender.try_send_request(request)).await
+                    }
+                    Conn::Http2(sender) => {
+                        tokio::time::timeout(timeout, sender.try_send_request(request)).await
+                    }
+                }
+            };
+
+            let error = match outcome {
+                Ok(Ok(response)) => {
+                    progress.upstream_time = Some(sent_at.elapsed());
+                    return Ok(attach_pool_return(response, conn, endpoint));
+                }
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    // Dropping the sender with the request in flight closes
+                    // the connection, so a slow endpoint keeps no connection.
+                    discard(&conn, endpoint);
+                    return Err(ProxyError::new(
+                        ErrorKind::ResponseTimeout,
+                        format!("no response head within {timeout:?}"),
+                    ));
+                }
+            };
+            discard(&conn, endpoint);
+            let (error, unsent) = split_send_error(error);
+            let nothing_sent = unsent.is_some();
+            drop(unsent);
+            if reused && (nothing_sent || (idempotent && self.source.is_replayable())) {
+                debug!(upstream = %self.upstream.name, endpoint = %endpoint.address, %error, "pooled connection was closed by the upstream; retrying on a new connection");
+                let fresh = {
+                    let _pending = self.upstream.start_pending()?;
+                    pool.connect(&addresses).await?
+                };
+                conn = fresh.conn;
+                reused = false;
+                continue;
+            }
+            let mut failure = ProxyError::new(
+                ErrorKind::UpstreamReset,
+                format!("upstream connection failed before the response head: {error}"),
+            );
+            if nothing_sent {
+                failure = failure.nothing_sent();
+            }
+            return Err(failure);
+        }
+    }
+}
+
+/// Returns the retry condition a failed try meets, or `None` when the
+/// failure is not the endpoint's (such as a full upstream).
+fn retry_condition(error: &ProxyError) -> Option<RetryCondition> {
+    match error.kind {
+        ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => {
+            Some(RetryCondition::ConnectFailure)
+        }
+        // A failed TLS or HTTP/2 handshake sent nothing of the request.
+        ErrorKind::UpstreamProtocol if error.nothing_sent => Some(RetryCondition::ConnectFailure),
+        ErrorKind::UpstreamReset => Some(RetryCondition::Reset),
+        ErrorKind::ResponseTimeout => Some(RetryCondition::Status(504)),
+        _ => None,
+    }
+}
+
+/// Counts a request in flight to an endpoint, for least-request balancing,
+/// until dropped.
+struct ActiveRequest<'a>(&'a Endpoint);
+
+impl<'a> ActiveRequest<'a> {
+    fn start(endpoint: &'a Endpoint) -> ActiveRequest<'a> {
+        endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(endpoint)
+    }
+}
+
+impl Drop for ActiveRequest<'_> {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Rejects what RFC 9112 says a server must not process: a request with both
@@ -510,101 +795,6 @@ fn build_request(
         request.headers_mut().remove(header::HOST);
     }
     request
-}
-
-/// Sends the request to one endpoint. On a reused HTTP/1.1 connection that
-/// the upstream had already closed, sends once more on a new connection when
-/// that is safe: nothing of the request was written, or the method is
-/// idempotent and there is no body to replay.
-#[allow(clippy::too_many_arguments)]
-async fn send_to_endpoint(
-    upstream: &Upstream,
-    endpoint: &Arc<Endpoint>,
-    parts: &mut Parts,
-    body: &mut Option<ProxyBody>,
-    path_and_query: &str,
-    upgrade: bool,
-    progress: &mut Progress,
-    started: Instant,
-) -> Result<Upstreamed, ProxyError> {
-    let addresses = endpoint.addresses();
-    let pool = &endpoint.pool;
-    let checkout = if upgrade {
-        if pool.is_http2() {
-            return Err(ProxyError::new(
-                ErrorKind::UpstreamProtocol,
-                "protocol upgrades need an HTTP/1.1 upstream; this upstream speaks HTTP/2",
-            ));
-        }
-        pool.connect(&addresses).await?
-    } else {
-        pool.checkout(&addresses).await?
-    };
-    let timeout = upstream.config.request_timeout.0;
-    let mut conn = checkout.conn;
-    let mut reused = checkout.reused;
-
-    loop {
-        let request_body = body.take().expect("a body is present for each attempt");
-        let replayable = reused && is_idempotent(&parts.method) && request_body.is_end_stream();
-        let request = build_request(
-            parts,
-            request_body,
-            path_and_query,
-            pool.is_http2(),
-            pool.is_tls(),
-        );
-        progress.before_send = started.elapsed();
-        let sent_at = Instant::now();
-        endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
-        let outcome = match &mut conn {
-            Conn::Http1(sender) => {
-                tokio::time::timeout(timeout, sender.try_send_request(request)).await
-            }
-            Conn::Http2(sender) => {
-                tokio::time::timeout(timeout, sender.try_send_request(request)).await
-            }
-        };
-        endpoint.active_requests.fetch_sub(1, Ordering::Relaxed);
-
-        let error = match outcome {
-            Ok(Ok(response)) => {
-                progress.upstream_time = Some(sent_at.elapsed());
-                return Ok(attach_pool_return(response, conn, endpoint));
-            }
-            Ok(Err(error)) => error,
-            Err(_) => {
-                discard(&conn, endpoint);
-                return Err(ProxyError::new(
-                    ErrorKind::ResponseTimeout,
-                    format!("no response head within {timeout:?}"),
-                ));
-            }
-        };
-        discard(&conn, endpoint);
-        let (error, unsent) = split_send_error(error);
-        let nothing_sent = unsent.is_some();
-        if let Some(unsent) = unsent {
-            *body = Some(unsent.into_body());
-        } else if replayable {
-            *body = Some(body::empty());
-        }
-        if reused && body.is_some() {
-            debug!(upstream = %upstream.name, endpoint = %endpoint.address, %error, "pooled connection was closed by the upstream; retrying on a new connection");
-            let fresh = pool.connect(&addresses).await?;
-            conn = fresh.conn;
-            reused = false;
-            continue;
-        }
-        let mut failure = ProxyError::new(
-            ErrorKind::UpstreamReset,
-            format!("upstream connection failed before the response head: {error}"),
-        );
-        if nothing_sent {
-            failure = failure.nothing_sent();
-        }
-        return Err(failure);
-    }
 }
 
 fn split_send_error(

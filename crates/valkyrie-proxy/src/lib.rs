@@ -2,13 +2,17 @@
 //! upstream connection pools and load balancing.
 
 pub mod body;
+pub mod breaker;
 pub mod error;
 pub mod framing;
 mod handler;
 pub mod headers;
+pub mod health;
+pub mod limits;
 pub mod net;
 pub mod pool;
 pub mod ratelimit;
+pub mod retry;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -284,6 +284,11 @@ impl Server {
                         continue;
                     }
                 };
+                if kind == ListenerKind::DataPlane && state.deny_list.denies(peer.ip()) {
+                    debug!(%peer, "closing connection: the source is on the deny list");
+                    drop(stream);
+                    continue;
+                }
                 let max = state.snapshot.load().config.server.max_connections as u64;
                 if state.open_connections.load(Ordering::Relaxed) >= max {
                     debug!(%peer, max, "closing connection: max_connections reached");

@@ -109,8 +109,20 @@ impl Snapshot {
             let upstream = match kept {
                 Some(old) => old.clone(),
                 None => {
-                    let upstream =
-                        Upstream::new(upstream_config, config.routing.connection_pool_size).await;
+                    // A changed upstream takes over the counters, breaker
+                    // overrides and health verdicts of the one it replaces.
+                    let replaced = previous.and_then(|previous| {
+                        previous
+                            .upstreams
+                            .iter()
+                            .find(|old| *old.name == *upstream_config.name)
+                    });
+                    let upstream = Upstream::replacing(
+                        upstream_config,
+                        config.routing.connection_pool_size,
+                        replaced.map(|old| &**old),
+                    )
+                    .await;
                     upstream.spawn_maintenance();
                     upstream
                 }
@@ -207,12 +219,19 @@ pub struct ProxyState {
     /// Set while the process is over its soft heap limit; data-plane
     /// listeners close new connections then.
     pub memory_pressure: AtomicBool,
+    /// `[routing] max_concurrent_requests` and its wait queue.
+    pub concurrency: Arc<crate::limits::ConcurrencyLimiter>,
+    /// `[security] deny_list` plus the admin API's changes.
+    pub deny_list: crate::limits::DenyList,
 }
 
 impl ProxyState {
     pub fn new(snapshot: Snapshot) -> ProxyState {
         let access_log = snapshot.config.logging.access_log;
         let rate_limiter = crate::ratelimit::RateLimiter::new(&snapshot);
+        let concurrency =
+            crate::limits::ConcurrencyLimiter::new(snapshot.config.routing.max_concurrent_requests);
+        let deny_list = crate::limits::DenyList::new(&snapshot.config.security.deny_list);
         ProxyState {
             snapshot: ArcSwap::from_pointee(snapshot),
             builtins: None,
@@ -223,6 +242,8 @@ impl ProxyState {
             snapshot_stats: Arc::new(SnapshotStats::default()),
             rate_limiter,
             memory_pressure: AtomicBool::new(false),
+            concurrency,
+            deny_list,
         }
     }
 
@@ -230,6 +251,10 @@ impl ProxyState {
     pub fn publish(&self, snapshot: Snapshot) {
         self.access_log
             .store(snapshot.config.logging.access_log, Ordering::Relaxed);
+        self.concurrency
+            .set_limit(snapshot.config.routing.max_concurrent_requests);
+        self.deny_list
+            .set_config(&snapshot.config.security.deny_list);
         let previous = self.snapshot.swap(Arc::new(snapshot));
         *previous.retired.lock().unwrap() =
             Some((std::time::Instant::now(), self.snapshot_stats.clone()));

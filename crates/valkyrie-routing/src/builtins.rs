@@ -107,10 +107,18 @@ pub fn health(control: &Control) -> Response<ProxyBody> {
     json_response(code, &body)
 }
 
-/// `GET /ready`: 200 once routes and upstreams are loaded, 503 before and while draining.
+/// `GET /ready`: 200 once routes and upstreams are loaded and every
+/// upstream with active health checks has finished its first round; 503
+/// before that and while draining.
 fn ready(control: &Control) -> Response<ProxyBody> {
     let snapshot = control.state().snapshot.load();
-    if control.is_ready() {
+    let unchecked: Vec<&str> = snapshot
+        .upstreams
+        .iter()
+        .filter(|upstream| !upstream.health_known())
+        .map(|upstream| &*upstream.name)
+        .collect();
+    if control.is_ready() && unchecked.is_empty() {
         json_response(
             StatusCode::OK,
             &json!({
@@ -122,13 +130,16 @@ fn ready(control: &Control) -> Response<ProxyBody> {
     } else {
         let reason = if control.state().is_draining() {
             "draining"
+        } else if control.is_ready() {
+            "checking_upstream_health"
         } else {
             "starting"
         };
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "status": reason }),
-        )
+        let mut body = json!({ "status": reason });
+        if !unchecked.is_empty() {
+            body["upstreams_without_health"] = json!(unchecked);
+        }
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
     }
 }
 
@@ -205,7 +216,7 @@ async fn admin(
     control: &Control,
     method: &Method,
     path: &str,
-    _body: &Bytes,
+    body: &Bytes,
 ) -> Response<ProxyBody> {
     match (method, path) {
         (&Method::GET, "/config/status") => json_response(StatusCode::OK, &json!(control.status())),
@@ -218,6 +229,12 @@ async fn admin(
         (&Method::POST, "/admin/config/rollback") => reload_response(control.rollback().await),
         (&Method::GET, "/admin/routes") => routes(control),
         (&Method::GET, "/admin/upstreams") => upstreams(control),
+        (&Method::POST, _) if path.starts_with("/admin/circuit-breaker/") => {
+            let action = &path["/admin/circuit-breaker/".len()..];
+            crate::resilience::circuit_breaker(control, action, body)
+        }
+        (&Method::GET, "/admin/deny-list") => crate::resilience::deny_list(control),
+        (&Method::POST, "/admin/deny-list") => crate::resilience::change_deny_list(control, body),
         (&Method::POST, "/admin/memory/purge") => memory_purge(control).await,
         (
             _,
@@ -227,7 +244,11 @@ async fn admin(
             | "/admin/config/rollback"
             | "/admin/routes"
             | "/admin/upstreams"
-            | "/admin/memory/purge",
+            | "/admin/memory/purge"
+            | "/admin/deny-list"
+            | "/admin/circuit-breaker/enable"
+            | "/admin/circuit-breaker/disable"
+            | "/admin/circuit-breaker/reset",
         ) => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({ "error": "method_not_allowed", "status": 405, "message": format!("{method} is not allowed on {path}") }),
@@ -289,11 +310,10 @@ fn upstreams(control: &Control) -> Response<ProxyBody> {
                 .iter()
                 .map(|endpoint| {
                     let stats = &endpoint.pool.stats;
-                    json!({
+                    let mut entry = json!({
                         "address": &*endpoint.address,
                         "resolved": endpoint.addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                         "weight": endpoint.weight,
-                        "healthy": !endpoint.is_ejected(),
                         "active_requests": endpoint.active_requests.load(Ordering::Relaxed),
                         "pool": {
                             "max_idle": endpoint.pool.max_idle(),
@@ -301,18 +321,29 @@ fn upstreams(control: &Control) -> Response<ProxyBody> {
                             "active": stats.active.load(Ordering::Relaxed),
                             "idle": stats.idle.load(Ordering::Relaxed),
                         },
-                    })
+                    });
+                    merge(&mut entry, crate::resilience::endpoint_details(endpoint));
+                    entry
                 })
                 .collect();
-            json!({
+            let mut entry = json!({
                 "name": &*upstream.name,
                 "balance": format!("{:?}", upstream.config.balance),
                 "protocol": format!("{:?}", upstream.config.protocol),
                 "endpoints": endpoints,
-            })
+            });
+            merge(&mut entry, crate::resilience::upstream_details(upstream));
+            entry
         })
         .collect();
     json_response(StatusCode::OK, &json!({ "upstreams": upstreams }))
+}
+
+/// Copies the fields of the JSON object `extra` into the object `target`.
+fn merge(target: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(target), serde_json::Value::Object(extra)) = (target.as_object_mut(), extra) {
+        target.extend(extra);
+    }
 }
 
 /// Serves `/metrics` and `/health` on the metrics listener.

@@ -9,6 +9,7 @@ mod demo;
 mod logging;
 mod memory;
 mod metrics;
+mod resilience;
 mod service;
 mod window;
 

@@ -46,6 +46,10 @@ pub const POOL_SIZE: &str = "valkyrie_connection_pool_size";
 pub const POOL_ACTIVE: &str = "valkyrie_connection_pool_active";
 pub const POOL_IDLE: &str = "valkyrie_connection_pool_idle";
 pub const POOL_UTILIZATION: &str = "valkyrie_connection_pool_utilization";
+pub const CIRCUIT_BREAKER_STATE: &str = "valkyrie_circuit_breaker_state";
+pub const CIRCUIT_BREAKER_TRANSITIONS: &str = "valkyrie_circuit_breaker_transitions";
+pub const RETRIES: &str = "valkyrie_retries";
+pub const RETRY_BUDGET_EXHAUSTED: &str = "valkyrie_retry_budget_exhausted";
 pub const CACHE_HITS: &str = "valkyrie_cache_hits";
 pub const CACHE_MISSES: &str = "valkyrie_cache_misses";
 pub const CACHE_HIT_RATE: &str = "valkyrie_cache_hit_rate";
@@ -65,6 +69,7 @@ pub const UPTIME: &str = "valkyrie_uptime_seconds";
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
 type UpstreamLabel = [(&'static str, String); 1];
+type EndpointLabel = [(&'static str, String); 2];
 
 /// Counts of one route, shared between the observer and the renderer.
 #[derive(Default)]
@@ -102,6 +107,13 @@ pub struct Metrics {
     pool_active: Family<UpstreamLabel, Gauge>,
     pool_idle: Family<UpstreamLabel, Gauge>,
     pool_utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    breaker_state: Family<EndpointLabel, Gauge>,
+    /// Label sets of `breaker_state` written by the last scrape, so that
+    /// endpoints gone from the config lose their sample.
+    breaker_labels: std::sync::Mutex<Vec<EndpointLabel>>,
+    breaker_transitions: Family<UpstreamLabel, Counter>,
+    retries: Family<UpstreamLabel, Counter>,
+    retry_budget_exhausted: Family<UpstreamLabel, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
     cache_hit_rate: Gauge<f64, AtomicU64>,
@@ -148,6 +160,11 @@ impl Metrics {
             pool_active: Family::default(),
             pool_idle: Family::default(),
             pool_utilization: Family::default(),
+            breaker_state: Family::default(),
+            breaker_labels: std::sync::Mutex::new(Vec::new()),
+            breaker_transitions: Family::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             cache_hit_rate: Gauge::default(),
@@ -236,6 +253,26 @@ impl Metrics {
             POOL_UTILIZATION,
             "Busy upstream connections divided by the pool size",
             metrics.pool_utilization.clone(),
+        );
+        registry.register(
+            CIRCUIT_BREAKER_STATE,
+            "Circuit breaker of each upstream endpoint: 0 closed, 1 open, 2 half-open",
+            metrics.breaker_state.clone(),
+        );
+        registry.register(
+            CIRCUIT_BREAKER_TRANSITIONS,
+            "State changes of the circuit breakers of an upstream's endpoints",
+            metrics.breaker_transitions.clone(),
+        );
+        registry.register(
+            RETRIES,
+            "Tries after the first sent to an upstream",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            RETRY_BUDGET_EXHAUSTED,
+            "Retries not sent because the upstream's retry budget was spent",
+            metrics.retry_budget_exhausted.clone(),
         );
         registry.register(
             CACHE_HITS,
@@ -644,6 +681,7 @@ fn refresh_components(control: &Control) {
             .get_or_create(&label)
             .set(utilization);
     }
+    refresh_resilience(metrics, state, &snapshot);
 
     let hits = metrics.cache_hits.get();
     let misses = metrics.cache_misses.get();
@@ -653,6 +691,61 @@ fn refresh_components(control: &Control) {
     } else {
         hits as f64 / lookups as f64
     });
+}
+
+/// Copies the queue depth, breaker states and retry counters into the
+/// registry.
+fn refresh_resilience(
+    metrics: &Metrics,
+    state: &valkyrie_proxy::ProxyState,
+    snapshot: &valkyrie_proxy::Snapshot,
+) {
+    metrics
+        .queue_depth
+        .set(state.concurrency.queue_depth() as i64);
+
+    // Counters of an upstream live in its stats, which a rebuilt upstream
+    // takes over, so the registry's counters only ever catch up.
+    let catch_up = |family: &Family<UpstreamLabel, Counter>, label: &UpstreamLabel, value: u64| {
+        let counter = family.get_or_create(label);
+        counter.inc_by(value.saturating_sub(counter.get()));
+    };
+    let mut labels = Vec::new();
+    for upstream in &snapshot.upstreams {
+        let label = [("upstream", upstream.name.to_string())];
+        let stats = &upstream.stats;
+        catch_up(
+            &metrics.breaker_transitions,
+            &label,
+            stats.breaker_transitions.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &metrics.retries,
+            &label,
+            stats.retries.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &metrics.retry_budget_exhausted,
+            &label,
+            stats.budget_exhausted.load(Ordering::Relaxed),
+        );
+        for endpoint in &upstream.endpoints {
+            let endpoint_label = [
+                ("upstream", upstream.name.to_string()),
+                ("endpoint", endpoint.address.to_string()),
+            ];
+            metrics
+                .breaker_state
+                .get_or_create(&endpoint_label)
+                .set(endpoint.breaker.state() as i64);
+            labels.push(endpoint_label);
+        }
+    }
+    let mut previous = metrics.breaker_labels.lock().unwrap();
+    for gone in previous.iter().filter(|label| !labels.contains(label)) {
+        metrics.breaker_state.remove(gone);
+    }
+    *previous = labels;
 }
 
 /// Escapes a label value for the text format.
