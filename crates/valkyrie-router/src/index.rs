@@ -1,34 +1,55 @@
 //! Lookup structures that find the best route without scanning every route.
 //!
-//! Routes are bucketed by host pattern ([`HostIndex`]) and, within a host
-//! bucket, by path pattern ([`PathIndex`]). Every bucket lists its routes in
-//! precedence order, and the lookup visits buckets from the most specific
-//! host and path rank to the least, so the first route in a bucket that
-//! accepts the request is the result.
+//! Routes are grouped into host buckets: one per exact host, one per
+//! wildcard suffix and one for the routes without a host. Exact hosts are
+//! found through a FIT (fingerprinted table), because a request for a known
+//! host is a hit. Wildcard suffixes are found through a hashbrown map,
+//! because the lookup tries every parent domain of the host and most of
+//! those probes miss, where hashbrown is faster than the FIT.
 //!
-//! The maps are std `HashMap`s behind these two types, so that the
-//! fingerprinted table and the radix arena of `valkyrie-lockfree` can replace
-//! them without touching the callers.
+//! The exact and prefix paths of every bucket live in one CRA (radix arena)
+//! whose keys are the bucket id (4 bytes, big-endian) followed by the path.
+//! One descent returns the exact entry, then the prefix entries from the
+//! longest to the shortest, which is the match order within a bucket. Each
+//! entry points to a run of route ids in one shared array, in precedence
+//! order, so the first route of a run that accepts the request's method and
+//! headers is the result.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::{HeaderMap, Method};
+use valkyrie_lockfree::{Cra, CraBuilder, Fit, FitCounters, FitStats, FitTally, MatchKind};
 
 use crate::conditions::{HostPattern, PathPattern, Specificity};
 use crate::Route;
 
 /// Position of a route in `RouteTable::routes`. 32 bits keep the candidate
-/// lists small; `RouteTable::build` rejects more routes than fit.
+/// runs small; `RouteTable::build` rejects more routes than fit.
 pub(crate) type RouteId = u32;
 
-/// Route ids in precedence order.
-type Candidates = Box<[RouteId]>;
+/// Position of a host bucket in `HostIndex::buckets`.
+type BucketId = u32;
+
+/// Bytes of the bucket id in front of a path in the CRA key.
+const BUCKET_KEY_LEN: usize = std::mem::size_of::<BucketId>();
+
+/// CRA keys up to this length are assembled on the stack; longer paths
+/// allocate a buffer for the lookup.
+const KEY_BUFFER_LEN: usize = 192;
 
 /// Sort key that puts routes in match order: most specific first, then
 /// config order.
 pub(crate) fn precedence_key(route: &Route) -> (Reverse<Specificity>, usize) {
     (Reverse(route.specificity()), route.index)
+}
+
+/// A run of route ids in `HostIndex::candidates`, in precedence order.
+#[derive(Clone, Copy, Debug, Default)]
+struct Candidates {
+    start: u32,
+    len: u32,
 }
 
 /// The request as the buckets check it, with host and path normalized.
@@ -37,194 +58,359 @@ pub(crate) struct Probe<'a> {
     pub(crate) path: &'a str,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
+    /// FIT lookups of this request, for the engine's counters.
+    pub(crate) tally: FitTally,
+    /// Set when a route with header conditions was checked, so the
+    /// result depends on more than host, path and method.
+    pub(crate) consulted_headers: bool,
 }
 
 impl Probe<'_> {
     /// Finds the first route in `candidates` whose methods and headers accept
     /// the request. Host and path were matched by the bucket lookup.
-    fn first_accepted(&self, candidates: &[RouteId]) -> Option<RouteId> {
-        candidates
-            .iter()
-            .copied()
-            .find(|&id| self.routes[id as usize].accepts(self.method, self.headers))
+    fn first_accepted(&mut self, candidates: &[RouteId]) -> Option<RouteId> {
+        candidates.iter().copied().find(|&id| self.accepts(id))
     }
 
     /// Like `first_accepted`, for candidates whose path regex is still to be
     /// checked. The regex runs last because it is the most expensive check.
-    fn first_accepted_by_regex(&self, candidates: &[RouteId]) -> Option<RouteId> {
-        candidates.iter().copied().find(|&id| {
-            let route = &self.routes[id as usize];
-            route.accepts(self.method, self.headers) && route.path.matches(self.path)
-        })
+    fn first_accepted_by_regex(&mut self, candidates: &[RouteId]) -> Option<RouteId> {
+        candidates
+            .iter()
+            .copied()
+            .find(|&id| self.accepts(id) && self.routes[id as usize].path.matches(self.path))
+    }
+
+    fn accepts(&mut self, id: RouteId) -> bool {
+        let route = &self.routes[id as usize];
+        if !(route.methods.is_empty() || route.methods.contains(self.method)) {
+            return false;
+        }
+        if route.headers.is_empty() {
+            return true;
+        }
+        self.consulted_headers = true;
+        route
+            .headers
+            .iter()
+            .all(|condition| condition.matches(self.headers))
     }
 }
 
-/// Routes bucketed by host pattern.
-#[derive(Debug, Default)]
+/// The routes of one host bucket that the CRA does not hold.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    /// True when the CRA has exact or prefix paths of this bucket.
+    has_paths: bool,
+    regex: Candidates,
+    any: Candidates,
+}
+
+/// Routes bucketed by host pattern, with their paths in one CRA.
 pub(crate) struct HostIndex {
-    exact: HashMap<Box<str>, PathIndex>,
+    exact: Fit<BucketId>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, PathIndex>,
-    any: PathIndex,
+    wildcard: hashbrown::HashMap<Box<str>, BucketId>,
+    any: Option<BucketId>,
+    buckets: Box<[Bucket]>,
+    paths: Cra<Candidates>,
+    candidates: Box<[RouteId]>,
+}
+
+/// Sizing of the FIT of exact hosts, from `[routing.lockfree]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FitSizing {
+    pub(crate) capacity: usize,
+    pub(crate) load_factor: f64,
 }
 
 impl HostIndex {
-    pub(crate) fn build(routes: &[Route]) -> HostIndex {
+    pub(crate) fn build(
+        routes: &[Route],
+        sizing: FitSizing,
+        counters: Arc<FitCounters>,
+    ) -> HostIndex {
         let mut order: Vec<&Route> = routes.iter().collect();
         order.sort_by_key(|route| precedence_key(route));
 
-        let mut exact: HashMap<Box<str>, PathIndexBuilder> = HashMap::new();
-        let mut wildcard: HashMap<Box<str>, PathIndexBuilder> = HashMap::new();
-        let mut any = PathIndexBuilder::default();
+        let mut builder = IndexBuilder::default();
         for route in order {
-            let bucket = match &route.host {
-                HostPattern::Any => &mut any,
-                HostPattern::Exact(host) => exact.entry(host.as_str().into()).or_default(),
-                HostPattern::Wildcard(suffix) => {
-                    wildcard.entry(suffix.as_str().into()).or_default()
-                }
-            };
-            bucket.push(route);
+            builder.push(route);
         }
-
-        HostIndex {
-            exact: finish_map(exact),
-            wildcard: finish_map(wildcard),
-            any: any.finish(),
-        }
+        builder.finish(sizing, counters)
     }
 
     /// Finds the best route for a normalized host (`None` when the request
     /// has none).
-    pub(crate) fn find(&self, host: Option<&str>, probe: &Probe<'_>) -> Option<RouteId> {
+    pub(crate) fn find(&self, host: Option<&str>, probe: &mut Probe<'_>) -> Option<RouteId> {
         if let Some(host) = host {
-            if let Some(found) = self.exact.get(host).and_then(|paths| paths.find(probe)) {
-                return Some(found);
+            if let Some(&bucket) = self.exact.get_tallied(host.as_bytes(), &mut probe.tally) {
+                if let Some(found) = self.find_in_bucket(bucket, probe) {
+                    return Some(found);
+                }
             }
             if let Some(found) = self.find_wildcard(host, probe) {
                 return Some(found);
             }
         }
-        self.any.find(probe)
+        self.any
+            .and_then(|bucket| self.find_in_bucket(bucket, probe))
     }
 
     /// Tries the wildcards that cover `host`, longest suffix first, because a
     /// suffix with more labels is more specific.
-    fn find_wildcard(&self, host: &str, probe: &Probe<'_>) -> Option<RouteId> {
+    fn find_wildcard(&self, host: &str, probe: &mut Probe<'_>) -> Option<RouteId> {
         if self.wildcard.is_empty() {
             return None;
         }
         // A dot at position 0 would leave no label in front of the suffix.
-        host.match_indices('.')
-            .filter(|&(dot, _)| dot > 0)
-            .filter_map(|(dot, _)| self.wildcard.get(&host[dot + 1..]))
-            .find_map(|paths| paths.find(probe))
+        for (dot, _) in host.match_indices('.').filter(|&(dot, _)| dot > 0) {
+            if let Some(&bucket) = self.wildcard.get(&host[dot + 1..]) {
+                if let Some(found) = self.find_in_bucket(bucket, probe) {
+                    return Some(found);
+                }
+            }
+        }
+        None
     }
-}
 
-fn finish_map(builders: HashMap<Box<str>, PathIndexBuilder>) -> HashMap<Box<str>, PathIndex> {
-    builders
-        .into_iter()
-        .map(|(key, builder)| (key, builder.finish()))
-        .collect()
-}
-
-/// The routes of one host bucket, bucketed by path pattern.
-#[derive(Debug, Default)]
-pub(crate) struct PathIndex {
-    exact: HashMap<Box<str>, Candidates>,
-    prefixes: PrefixIndex,
-    regex: Candidates,
-    any: Candidates,
-}
-
-impl PathIndex {
     /// Visits exact paths, then prefixes from longest to shortest, then
     /// regexes, then routes without a path condition.
-    fn find(&self, probe: &Probe<'_>) -> Option<RouteId> {
-        if let Some(found) = self
-            .exact
-            .get(probe.path)
-            .and_then(|candidates| probe.first_accepted(candidates))
-        {
+    fn find_in_bucket(&self, bucket: BucketId, probe: &mut Probe<'_>) -> Option<RouteId> {
+        let entry = self.buckets[bucket as usize];
+        if entry.has_paths {
+            if let Some(found) = self.find_path(bucket, probe) {
+                return Some(found);
+            }
+        }
+        if let Some(found) = probe.first_accepted_by_regex(self.run(entry.regex)) {
             return Some(found);
         }
-        if let Some(found) = self.prefixes.find(probe) {
-            return Some(found);
+        probe.first_accepted(self.run(entry.any))
+    }
+
+    fn find_path(&self, bucket: BucketId, probe: &mut Probe<'_>) -> Option<RouteId> {
+        let path = probe.path.as_bytes();
+        let key_len = BUCKET_KEY_LEN + path.len();
+        let mut stack = [0u8; KEY_BUFFER_LEN];
+        let heap: Vec<u8>;
+        let key: &[u8] = if key_len <= KEY_BUFFER_LEN {
+            stack[..BUCKET_KEY_LEN].copy_from_slice(&bucket.to_be_bytes());
+            stack[BUCKET_KEY_LEN..key_len].copy_from_slice(path);
+            &stack[..key_len]
+        } else {
+            heap = path_key(bucket, path);
+            &heap
+        };
+        for (_, &candidates) in self.paths.matches(key) {
+            if let Some(found) = probe.first_accepted(self.run(candidates)) {
+                return Some(found);
+            }
         }
-        if let Some(found) = probe.first_accepted_by_regex(&self.regex) {
-            return Some(found);
+        None
+    }
+
+    fn run(&self, candidates: Candidates) -> &[RouteId] {
+        let start = candidates.start as usize;
+        &self.candidates[start..start + candidates.len as usize]
+    }
+
+    /// Returns the sizes and counters of the FIT and the CRA.
+    pub(crate) fn stats(&self) -> IndexStats {
+        IndexStats {
+            exact_hosts: self.exact.stats(),
+            wildcard_hosts: self.wildcard.len(),
+            cra_entries: self.paths.len(),
+            cra_nodes: self.paths.node_count(),
+            cra_fragmentation: self.paths.fragmentation(),
+            cra_arena_bytes: self.paths.arena_bytes(),
+            heap_bytes: self.heap_bytes(),
         }
-        probe.first_accepted(&self.any)
+    }
+
+    pub(crate) fn fit_counters(&self) -> &Arc<FitCounters> {
+        self.exact.counters()
+    }
+
+    /// Estimates the heap bytes of the index: the FIT and CRA report
+    /// their own; the wildcard map is counted at its capacity.
+    fn heap_bytes(&self) -> usize {
+        let wildcard_slot = std::mem::size_of::<(Box<str>, BucketId)>() + 1;
+        let wildcard_keys: usize = self.wildcard.keys().map(|key| key.len()).sum();
+        self.exact.heap_bytes()
+            + self.wildcard.capacity() * wildcard_slot
+            + wildcard_keys
+            + std::mem::size_of_val::<[Bucket]>(&self.buckets)
+            + self.paths.arena_bytes()
+            + std::mem::size_of_val::<[RouteId]>(&self.candidates)
     }
 }
 
-/// Prefix routes keyed by their prefix, with the distinct prefix lengths
-/// sorted longest first. A lookup costs one hash probe per distinct length.
-#[derive(Debug, Default)]
-struct PrefixIndex {
-    by_prefix: HashMap<Box<str>, Candidates>,
-    lengths: Box<[usize]>,
-}
-
-impl PrefixIndex {
-    fn find(&self, probe: &Probe<'_>) -> Option<RouteId> {
-        self.lengths
-            .iter()
-            // `get` returns None past the end and inside a multi-byte character.
-            .filter_map(|&len| probe.path.get(..len))
-            .filter_map(|head| self.by_prefix.get(head))
-            .find_map(|candidates| probe.first_accepted(candidates))
+impl std::fmt::Debug for HostIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostIndex")
+            .field("exact_hosts", &self.exact.len())
+            .field("wildcard_hosts", &self.wildcard.len())
+            .field("buckets", &self.buckets.len())
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
     }
 }
 
-/// Collects one host bucket's routes, which arrive in precedence order.
+/// Sizes and counters of a route table's index, from `RouteTable::stats`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IndexStats {
+    /// The FIT of exact hosts; its operation and collision counters are
+    /// shared with the tables built from the same counters.
+    pub exact_hosts: FitStats,
+    /// Distinct wildcard suffixes.
+    pub wildcard_hosts: usize,
+    /// Exact and prefix path entries in the CRA.
+    pub cra_entries: usize,
+    /// Reachable CRA nodes, the root included.
+    pub cra_nodes: usize,
+    /// Dead CRA arena space divided by arena size; 0 for a freshly built
+    /// table.
+    pub cra_fragmentation: f64,
+    /// CRA arena size in bytes.
+    pub cra_arena_bytes: usize,
+    /// Heap bytes of the whole index (FIT, wildcard map, CRA, candidate
+    /// runs), not counting the routes themselves.
+    pub heap_bytes: usize,
+}
+
+fn path_key(bucket: BucketId, path: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(BUCKET_KEY_LEN + path.len());
+    key.extend_from_slice(&bucket.to_be_bytes());
+    key.extend_from_slice(path);
+    key
+}
+
+/// Route ids of one bucket, collected in precedence order.
 #[derive(Default)]
-struct PathIndexBuilder {
-    exact: HashMap<Box<str>, Vec<RouteId>>,
-    prefixes: HashMap<Box<str>, Vec<RouteId>>,
+struct BucketBuilder {
+    exact: HashMap<String, Vec<RouteId>>,
+    prefixes: HashMap<String, Vec<RouteId>>,
     regex: Vec<RouteId>,
     any: Vec<RouteId>,
 }
 
-impl PathIndexBuilder {
-    fn push(&mut self, route: &Route) {
-        // `RouteTable::build` checked that every index fits a `RouteId`.
-        let id = route.index as RouteId;
-        match &route.path {
-            PathPattern::Any => self.any.push(id),
-            PathPattern::Exact(path) => {
-                self.exact.entry(path.as_str().into()).or_default().push(id)
-            }
-            PathPattern::Prefix(prefix) => self
-                .prefixes
-                .entry(prefix.as_str().into())
-                .or_default()
-                .push(id),
-            PathPattern::Regex(_) => self.regex.push(id),
-        }
-    }
-
-    fn finish(self) -> PathIndex {
-        let mut lengths: Vec<usize> = self.prefixes.keys().map(|prefix| prefix.len()).collect();
-        lengths.sort_unstable_by(|a, b| b.cmp(a));
-        lengths.dedup();
-
-        PathIndex {
-            exact: finish_lists(self.exact),
-            prefixes: PrefixIndex {
-                by_prefix: finish_lists(self.prefixes),
-                lengths: lengths.into_boxed_slice(),
-            },
-            regex: self.regex.into_boxed_slice(),
-            any: self.any.into_boxed_slice(),
-        }
-    }
+/// Collects routes, which arrive in precedence order, into buckets.
+#[derive(Default)]
+struct IndexBuilder {
+    exact: HashMap<String, BucketId>,
+    wildcard: HashMap<String, BucketId>,
+    any: Option<BucketId>,
+    buckets: Vec<BucketBuilder>,
 }
 
-fn finish_lists(lists: HashMap<Box<str>, Vec<RouteId>>) -> HashMap<Box<str>, Candidates> {
-    lists
-        .into_iter()
-        .map(|(key, ids)| (key, ids.into_boxed_slice()))
-        .collect()
+impl IndexBuilder {
+    fn push(&mut self, route: &Route) {
+        let bucket = match &route.host {
+            HostPattern::Any => match self.any {
+                Some(bucket) => bucket,
+                None => {
+                    let bucket = self.new_bucket();
+                    self.any = Some(bucket);
+                    bucket
+                }
+            },
+            HostPattern::Exact(host) => match self.exact.get(host.as_str()) {
+                Some(&bucket) => bucket,
+                None => {
+                    let bucket = self.new_bucket();
+                    self.exact.insert(host.clone(), bucket);
+                    bucket
+                }
+            },
+            HostPattern::Wildcard(suffix) => match self.wildcard.get(suffix.as_str()) {
+                Some(&bucket) => bucket,
+                None => {
+                    let bucket = self.new_bucket();
+                    self.wildcard.insert(suffix.clone(), bucket);
+                    bucket
+                }
+            },
+        };
+
+        // `RouteTable::build` checked that every index fits a `RouteId`.
+        let id = route.index as RouteId;
+        let lists = &mut self.buckets[bucket as usize];
+        match &route.path {
+            PathPattern::Any => lists.any.push(id),
+            PathPattern::Exact(path) => lists.exact.entry(path.clone()).or_default().push(id),
+            PathPattern::Prefix(prefix) => {
+                lists.prefixes.entry(prefix.clone()).or_default().push(id)
+            }
+            PathPattern::Regex(_) => lists.regex.push(id),
+        }
+    }
+
+    fn new_bucket(&mut self) -> BucketId {
+        let bucket = self.buckets.len() as BucketId;
+        self.buckets.push(BucketBuilder::default());
+        bucket
+    }
+
+    fn finish(self, sizing: FitSizing, counters: Arc<FitCounters>) -> HostIndex {
+        let mut candidates: Vec<RouteId> = Vec::new();
+        let mut push_run = |ids: &[RouteId]| {
+            let run = Candidates {
+                start: candidates.len() as u32,
+                len: ids.len() as u32,
+            };
+            candidates.extend_from_slice(ids);
+            run
+        };
+
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        let mut path_entries: Vec<(Vec<u8>, MatchKind, Candidates)> = Vec::new();
+        for (bucket, lists) in self.buckets.into_iter().enumerate() {
+            let bucket = bucket as BucketId;
+            let has_paths = !(lists.exact.is_empty() && lists.prefixes.is_empty());
+            for (path, ids) in &lists.exact {
+                let key = path_key(bucket, path.as_bytes());
+                path_entries.push((key, MatchKind::Exact, push_run(ids)));
+            }
+            for (prefix, ids) in &lists.prefixes {
+                let key = path_key(bucket, prefix.as_bytes());
+                path_entries.push((key, MatchKind::Prefix, push_run(ids)));
+            }
+            buckets.push(Bucket {
+                has_paths,
+                regex: push_run(&lists.regex),
+                any: push_run(&lists.any),
+            });
+        }
+
+        // Sorted keys grow sibling blocks at the arena's end, which keeps
+        // the builder from relocating blocks before it compacts.
+        path_entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut paths = CraBuilder::new();
+        for (key, kind, run) in path_entries {
+            paths.insert(&key, kind, run);
+        }
+
+        let capacity = sizing.capacity.max(self.exact.len());
+        let mut exact = Fit::with_capacity(capacity, sizing.load_factor);
+        exact.set_counters(counters);
+        for (host, bucket) in self.exact {
+            exact.insert(host.as_bytes(), bucket);
+        }
+        exact.shrink_to_fit();
+        let wildcard = self
+            .wildcard
+            .into_iter()
+            .map(|(suffix, bucket)| (suffix.into_boxed_str(), bucket))
+            .collect();
+
+        HostIndex {
+            exact,
+            wildcard,
+            any: self.any,
+            buckets: buckets.into_boxed_slice(),
+            paths: paths.build(),
+            candidates: candidates.into_boxed_slice(),
+        }
+    }
 }

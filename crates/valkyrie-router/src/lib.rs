@@ -3,16 +3,22 @@
 //!
 //! [`RouteTable`] describes the match order, [`normalize_path`] the path
 //! normalization applied before matching, and [`never_matching_routes`] the
-//! check for unreachable routes. `docs/routing.md` is the user guide.
+//! check for unreachable routes. [`keys`] holds key tables, which route by a
+//! request key to an upstream, and [`cache`] the route decision cache.
+//! `docs/routing.md` is the user guide.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use valkyrie_config::{Config, Duration, Rate};
+use valkyrie_lockfree::{FitCounters, FitTally};
 
+pub mod cache;
 mod compile;
 mod conditions;
 mod index;
+pub mod keys;
 mod normalize;
 mod shadow;
 
@@ -20,10 +26,11 @@ pub use conditions::{
     HeaderCondition, HeaderRegex, HeaderValueMatch, HostPattern, HostRank, PathPattern, PathRank,
     PathRegex, Specificity,
 };
+pub use index::IndexStats;
 pub use normalize::normalize_path;
 pub use shadow::never_matching_routes;
 
-use index::{HostIndex, Probe, RouteId};
+use index::{FitSizing, HostIndex, Probe, RouteId};
 
 /// What the matcher needs to know about a request. The host has its port
 /// already removed or not; the matcher ignores a port either way.
@@ -77,15 +84,6 @@ impl Route {
             header_conditions: self.headers.len(),
             method_restricted: !self.methods.is_empty(),
         }
-    }
-
-    /// Checks the method and header conditions.
-    fn accepts(&self, method: &http::Method, headers: &http::HeaderMap) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
-            && self
-                .headers
-                .iter()
-                .all(|condition| condition.matches(headers))
     }
 }
 
@@ -301,13 +299,43 @@ pub enum BuildError {
 pub struct RouteTable {
     routes: Vec<Route>,
     index: HostIndex,
+    id: u64,
 }
+
+/// The outcome of [`RouteTable::route_counted`].
+#[derive(Clone, Debug)]
+pub struct Routed<'a> {
+    /// The matched route, if any.
+    pub matched: Option<RouteMatch<'a>>,
+    /// True when a route with header conditions was checked, so that the
+    /// outcome depends on more than host, path and method and must not be
+    /// cached under those alone.
+    pub consulted_headers: bool,
+}
+
+/// Source of [`RouteTable::id`]: every table built in this process gets a
+/// distinct id.
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl RouteTable {
     /// Compiles the routes of a config. Every check the matcher relies on is
     /// made here, so an unvalidated config yields an error naming the route,
     /// never a panic.
     pub fn build(config: &Config) -> Result<RouteTable, BuildError> {
+        RouteTable::build_counted(config, FitCounters::new())
+    }
+
+    /// Compiles the routes of a config like [`RouteTable::build`], counting
+    /// FIT operations in `counters`, so that the counts of a table carry
+    /// over to the table that replaces it.
+    ///
+    /// The FIT of exact hosts is sized by `[routing.lockfree] fit_capacity`
+    /// (or the number of exact hosts, when larger) and `fit_load_factor`,
+    /// which is capped at 0.9375.
+    pub fn build_counted(
+        config: &Config,
+        counters: Arc<FitCounters>,
+    ) -> Result<RouteTable, BuildError> {
         let routes = compile::compile_routes(config)?;
         if let Some(route) = routes.get(RouteId::MAX as usize) {
             return Err(BuildError::Route {
@@ -315,33 +343,58 @@ impl RouteTable {
                 message: format!("too many routes: at most {} are supported", RouteId::MAX),
             });
         }
-        let index = HostIndex::build(&routes);
-        Ok(RouteTable { routes, index })
+        let index = HostIndex::build(&routes, fit_sizing(config), counters);
+        Ok(RouteTable {
+            routes,
+            index,
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// Finds the route for a request, or `None` when nothing matches.
     ///
-    /// Does not allocate unless the path needs normalization or the host is
-    /// longer than 256 bytes and contains uppercase letters.
+    /// Does not allocate unless the path needs normalization, the host is
+    /// longer than 256 bytes and contains uppercase letters, or the path is
+    /// longer than 188 bytes.
     pub fn route<'a>(&'a self, request: &RequestInfo<'a>) -> Option<RouteMatch<'a>> {
+        let mut tally = FitTally::default();
+        self.route_counted(request, &mut tally).matched
+    }
+
+    /// Finds the route for a request like [`RouteTable::route`], adding the
+    /// FIT lookups to `tally` (see [`FitCounters::absorb`]) and reporting
+    /// whether header conditions took part in the decision.
+    pub fn route_counted<'a>(
+        &'a self,
+        request: &RequestInfo<'a>,
+        tally: &mut FitTally,
+    ) -> Routed<'a> {
         let path = normalize_path(request.path);
-        let probe = Probe {
+        let mut probe = Probe {
             routes: &self.routes,
             path: &path,
             method: request.method,
             headers: request.headers,
+            tally: FitTally::default(),
+            consulted_headers: false,
         };
 
         let found = match request.host {
             Some(host) => {
-                normalize::with_host_key(host, |host| self.index.find(Some(host), &probe))
+                normalize::with_host_key(host, |host| self.index.find(Some(host), &mut probe))
             }
-            None => self.index.find(None, &probe),
-        }?;
-        Some(RouteMatch {
-            route: &self.routes[found as usize],
-            path,
-        })
+            None => self.index.find(None, &mut probe),
+        };
+        tally.operations += probe.tally.operations;
+        tally.collisions += probe.tally.collisions;
+        let consulted_headers = probe.consulted_headers;
+        Routed {
+            matched: found.map(|found| RouteMatch {
+                route: &self.routes[found as usize],
+                path,
+            }),
+            consulted_headers,
+        }
     }
 
     /// Returns the compiled routes in config order, so `routes()[i].index == i`.
@@ -353,5 +406,39 @@ impl RouteTable {
     /// that is already built.
     pub fn never_matching_routes(&self) -> Vec<(usize, usize)> {
         shadow::shadowed_routes(&self.routes)
+    }
+
+    /// Returns an id that no other table built in this process has, so a
+    /// cached decision can tell which table made it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Returns the sizes of the index and the FIT counters.
+    pub fn stats(&self) -> IndexStats {
+        self.index.stats()
+    }
+
+    /// Returns the counters that the FIT of exact hosts counts its
+    /// operations in.
+    pub fn fit_counters(&self) -> &Arc<FitCounters> {
+        self.index.fit_counters()
+    }
+}
+
+/// Reads the FIT sizing from `[routing.lockfree]`, keeping the load factor
+/// in the range the FIT accepts.
+fn fit_sizing(config: &Config) -> FitSizing {
+    let lockfree = &config.routing.lockfree;
+    let load_factor = if lockfree.fit_load_factor > 0.0 {
+        lockfree
+            .fit_load_factor
+            .min(valkyrie_lockfree::fit::MAX_LOAD_FACTOR)
+    } else {
+        0.75
+    };
+    FitSizing {
+        capacity: lockfree.fit_capacity,
+        load_factor,
     }
 }

@@ -1,0 +1,592 @@
+//! Key tables: routing by a request key (a header, a path segment or a query
+//! parameter) to an upstream, or to one endpoint of it, through a table
+//! that may hold millions of entries.
+//!
+//! A [`KeyTable`] splits its entries into shards by a hash of the key, each
+//! shard a FIT behind an `Arc`. A published table is never changed: an
+//! update clones the table, which copies only the shard pointers, and then
+//! copies each shard it changes. So a batch of updates costs the shards it
+//! touches, not the whole table.
+//!
+//! Entry files have one entry per line, `key,upstream` or
+//! `key,upstream,endpoint`; [`parse_entries`] reads them and names the line
+//! of the first error.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+use valkyrie_config::{Config, KeySource};
+use valkyrie_lockfree::{Fit, FitCounters, FitTally};
+
+/// Entries per shard that the shard count aims for when a table is built.
+const ENTRIES_PER_SHARD: usize = 4096;
+
+/// Maximum shard count of a table.
+const MAX_SHARDS: usize = 1024;
+
+/// Maximum key length in bytes, the FIT's limit.
+pub const MAX_KEY_LEN: usize = valkyrie_lockfree::fit::MAX_KEY_LEN;
+
+/// Sentinel for "no endpoint" in [`KeyTarget`].
+const NO_ENDPOINT: u32 = u32::MAX;
+
+/// The request part a key table reads its key from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    /// The first value of a header, byte for byte.
+    Header(HeaderName),
+    /// Segment `n` of the normalized path, counting from 0 after the leading
+    /// `/`: segment 1 of `/t/acme/x` is `acme`.
+    PathSegment(usize),
+    /// The first query parameter with this name, percent-decoded.
+    Query(String),
+}
+
+impl KeySpec {
+    /// Compiles a `key = { ... }` setting.
+    pub fn from_config(source: &KeySource) -> Result<KeySpec, String> {
+        match source {
+            KeySource::Header(name) => HeaderName::from_bytes(name.as_bytes())
+                .map(KeySpec::Header)
+                .map_err(|_| format!("key header name `{name}` is not a valid header name")),
+            KeySource::PathSegment(index) => Ok(KeySpec::PathSegment(*index)),
+            KeySource::Query(name) if name.is_empty() => {
+                Err("key query parameter name is empty".to_string())
+            }
+            KeySource::Query(name) => Ok(KeySpec::Query(name.clone())),
+        }
+    }
+
+    /// Reads the key from a request. `path` is the normalized path. An
+    /// empty value counts as absent.
+    pub fn extract<'a>(
+        &self,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> Option<Cow<'a, [u8]>> {
+        let key = match self {
+            KeySpec::Header(name) => headers
+                .get(name)
+                .map(|value| Cow::Borrowed(value.as_bytes())),
+            KeySpec::PathSegment(index) => path
+                .strip_prefix('/')
+                .unwrap_or(path)
+                .split('/')
+                .nth(*index)
+                .map(|segment| Cow::Borrowed(segment.as_bytes())),
+            KeySpec::Query(name) => query.and_then(|query| query_value(query, name)),
+        };
+        key.filter(|key| !key.is_empty())
+    }
+}
+
+impl std::fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySpec::Header(name) => write!(f, "header `{name}`"),
+            KeySpec::PathSegment(index) => write!(f, "path segment {index}"),
+            KeySpec::Query(name) => write!(f, "query parameter `{name}`"),
+        }
+    }
+}
+
+/// Returns the percent-decoded value of the first parameter named `name`.
+/// Parameter names are compared after decoding too; `+` is kept as is.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key).as_ref() == name.as_bytes()).then(|| percent_decode(value))
+    })
+}
+
+/// Decodes `%XX` escapes; an invalid escape stays as it is.
+fn percent_decode(text: &str) -> Cow<'_, [u8]> {
+    let bytes = text.as_bytes();
+    if !bytes.contains(&b'%') {
+        return Cow::Borrowed(bytes);
+    }
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = if bytes[i] == b'%' {
+            bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        } else {
+            None
+        };
+        match escape {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(decoded)
+}
+
+/// Destination of a key: an upstream (index into
+/// `Config::upstreams`) and optionally one of its endpoints (index into that
+/// upstream's `endpoints`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyTarget {
+    upstream: u32,
+    endpoint: u32,
+}
+
+impl KeyTarget {
+    /// Creates a target.
+    ///
+    /// # Panics
+    ///
+    /// Panics if an index does not fit in 32 bits.
+    pub fn new(upstream: usize, endpoint: Option<usize>) -> KeyTarget {
+        let upstream = u32::try_from(upstream).expect("upstream index fits in 32 bits");
+        let endpoint = endpoint.map_or(NO_ENDPOINT, |endpoint| {
+            u32::try_from(endpoint)
+                .ok()
+                .filter(|&endpoint| endpoint != NO_ENDPOINT)
+                .expect("endpoint index fits in 32 bits")
+        });
+        KeyTarget { upstream, endpoint }
+    }
+
+    /// Returns the upstream's index in `Config::upstreams`.
+    pub fn upstream(&self) -> usize {
+        self.upstream as usize
+    }
+
+    /// Returns the pinned endpoint's index in the upstream's endpoints, if
+    /// the entry names one.
+    pub fn endpoint(&self) -> Option<usize> {
+        (self.endpoint != NO_ENDPOINT).then_some(self.endpoint as usize)
+    }
+}
+
+/// Outcome of resolving a request key in a key table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The key has an entry.
+    Entry(KeyTarget),
+    /// The key is absent or unknown, and the table has a `default_upstream`.
+    Default(KeyTarget),
+    /// The key is absent or unknown, and the table has no default.
+    Missing,
+}
+
+/// Sizes of a key table, from [`KeyTable::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KeyTableStats {
+    /// Entries in the table.
+    pub entries: usize,
+    /// FIT shards.
+    pub shards: usize,
+    /// FIT slots over all shards.
+    pub slots: usize,
+    /// Heap bytes of the shards (tags, metadata, values and key bytes).
+    pub heap_bytes: usize,
+}
+
+/// Sizing of the FIT shards, from `[routing.lockfree]`.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSizing {
+    /// Entries the table is sized for, spread over its shards.
+    pub capacity: usize,
+    /// FIT load factor, at most 0.9375.
+    pub load_factor: f64,
+}
+
+impl TableSizing {
+    /// Reads `fit_capacity` and `fit_load_factor`, keeping the load factor
+    /// in the range the FIT accepts.
+    pub fn from_config(config: &Config) -> TableSizing {
+        let lockfree = &config.routing.lockfree;
+        let load_factor = if lockfree.fit_load_factor > 0.0 {
+            lockfree
+                .fit_load_factor
+                .min(valkyrie_lockfree::fit::MAX_LOAD_FACTOR)
+        } else {
+            0.75
+        };
+        TableSizing {
+            capacity: lockfree.fit_capacity,
+            load_factor,
+        }
+    }
+}
+
+/// A key table: entries from request keys to targets, a key spec and a
+/// default target. See the module documentation for the layout.
+#[derive(Clone)]
+pub struct KeyTable {
+    name: Arc<str>,
+    spec: KeySpec,
+    default: Option<KeyTarget>,
+    shards: Box<[Arc<Fit<KeyTarget>>]>,
+    len: usize,
+}
+
+impl KeyTable {
+    /// Creates an empty table sized for `entries` entries, or for
+    /// `sizing.capacity` when that is larger. FIT operations are counted in
+    /// `counters`.
+    pub fn new(
+        name: &str,
+        spec: KeySpec,
+        default: Option<KeyTarget>,
+        entries: usize,
+        sizing: TableSizing,
+        counters: &Arc<FitCounters>,
+    ) -> KeyTable {
+        let capacity = entries.max(sizing.capacity);
+        let shard_count = (entries / ENTRIES_PER_SHARD)
+            .next_power_of_two()
+            .clamp(1, MAX_SHARDS);
+        let per_shard = capacity.div_ceil(shard_count);
+        let shards = (0..shard_count)
+            .map(|_| {
+                let mut fit = Fit::with_capacity(per_shard, sizing.load_factor);
+                fit.set_counters(Arc::clone(counters));
+                fit.set_counting(false);
+                Arc::new(fit)
+            })
+            .collect();
+        KeyTable {
+            name: Arc::from(name),
+            spec,
+            default,
+            shards,
+            len: 0,
+        }
+    }
+
+    /// Returns the table's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Returns the request part the key is read from.
+    pub fn spec(&self) -> &KeySpec {
+        &self.spec
+    }
+
+    /// Returns the target for requests whose key is absent or unknown.
+    pub fn default_target(&self) -> Option<KeyTarget> {
+        self.default
+    }
+
+    /// Returns the number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Returns true if the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Looks up `key`, counting the FIT lookup in `tally`.
+    #[inline]
+    pub fn get_tallied(&self, key: &[u8], tally: &mut FitTally) -> Option<KeyTarget> {
+        self.shard(key).get_tallied(key, tally).copied()
+    }
+
+    /// Looks up `key`, without counting.
+    pub fn get(&self, key: &[u8]) -> Option<KeyTarget> {
+        self.shard(key).get(key).copied()
+    }
+
+    /// Resolves a request key (`None` when the request has none) to an
+    /// entry, the default, or nothing.
+    pub fn resolve(&self, key: Option<&[u8]>, tally: &mut FitTally) -> Resolution {
+        if let Some(target) = key.and_then(|key| self.get_tallied(key, tally)) {
+            return Resolution::Entry(target);
+        }
+        match self.default {
+            Some(target) => Resolution::Default(target),
+            None => Resolution::Missing,
+        }
+    }
+
+    /// Inserts or replaces an entry, copying its shard first if a published
+    /// snapshot shares it. Returns the target it replaced.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `key` is longer than [`MAX_KEY_LEN`].
+    pub fn insert(&mut self, key: &[u8], target: KeyTarget) -> Option<KeyTarget> {
+        let index = self.shard_index(key);
+        let replaced = Arc::make_mut(&mut self.shards[index]).insert(key, target);
+        if replaced.is_none() {
+            self.len += 1;
+        }
+        replaced
+    }
+
+    /// Removes an entry, copying its shard first if a published snapshot
+    /// shares it and the key is present. Returns the removed target.
+    pub fn remove(&mut self, key: &[u8]) -> Option<KeyTarget> {
+        let index = self.shard_index(key);
+        if !self.shards[index].contains_key(key) {
+            return None;
+        }
+        let removed = Arc::make_mut(&mut self.shards[index]).remove(key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// Releases spare key-arena capacity of every shard that no other
+    /// table shares. Call it once a table is fully loaded.
+    pub fn shrink_to_fit(&mut self) {
+        for shard in self.shards.iter_mut() {
+            if let Some(shard) = Arc::get_mut(shard) {
+                shard.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Returns the entry count, shard count, slots and heap bytes.
+    pub fn stats(&self) -> KeyTableStats {
+        let mut stats = KeyTableStats {
+            entries: self.len,
+            shards: self.shards.len(),
+            ..KeyTableStats::default()
+        };
+        for shard in self.shards.iter() {
+            stats.slots += shard.slots();
+            stats.heap_bytes += shard.heap_bytes();
+        }
+        stats
+    }
+
+    /// Returns every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], KeyTarget)> + '_ {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.iter().map(|(key, target)| (key, *target)))
+    }
+
+    #[inline]
+    fn shard(&self, key: &[u8]) -> &Fit<KeyTarget> {
+        &self.shards[self.shard_index(key)]
+    }
+
+    /// Picks a shard from a fixed-seed hash, so that clones of a table and
+    /// tables built from the same entries agree. The FIT inside hashes the
+    /// key again with its own seed.
+    #[inline]
+    fn shard_index(&self, key: &[u8]) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        let mut hasher = foldhash::fast::FixedState::with_seed(0x5eed_cafe).build_hasher();
+        hasher.write(key);
+        // The shard count is a power of two; the high bits mix best.
+        let bits = self.shards.len().trailing_zeros();
+        (hasher.finish() >> (64 - bits)) as usize
+    }
+}
+
+impl std::fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyTable")
+            .field("name", &self.name)
+            .field("spec", &self.spec)
+            .field("default", &self.default)
+            .field("len", &self.len)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+/// Upstream and endpoint positions by name, for resolving entries.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamNames {
+    upstreams: HashMap<String, (usize, HashMap<String, usize>)>,
+}
+
+impl UpstreamNames {
+    /// Indexes the upstreams of `config`. With duplicate names the first
+    /// one wins, as validation reports duplicates.
+    pub fn new(config: &Config) -> UpstreamNames {
+        let mut upstreams = HashMap::new();
+        for (index, upstream) in config.upstreams.iter().enumerate() {
+            upstreams.entry(upstream.name.clone()).or_insert_with(|| {
+                let mut endpoints = HashMap::new();
+                for (position, endpoint) in upstream.endpoints.iter().enumerate() {
+                    endpoints
+                        .entry(endpoint.address().to_string())
+                        .or_insert(position);
+                }
+                (index, endpoints)
+            });
+        }
+        UpstreamNames { upstreams }
+    }
+
+    /// Resolves an upstream name and an optional endpoint address of it.
+    pub fn resolve(&self, upstream: &str, endpoint: Option<&str>) -> Result<KeyTarget, String> {
+        let Some((index, endpoints)) = self.upstreams.get(upstream) else {
+            return Err(format!(
+                "upstream `{upstream}` is not defined in [[upstreams]]"
+            ));
+        };
+        let endpoint = match endpoint {
+            None => None,
+            Some(address) => Some(*endpoints.get(address).ok_or_else(|| {
+                format!("endpoint `{address}` is not an endpoint of upstream `{upstream}`")
+            })?),
+        };
+        Ok(KeyTarget::new(*index, endpoint))
+    }
+}
+
+/// One parsed line of an entry file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryLine<'a> {
+    /// 1-based line number.
+    pub line: usize,
+    pub key: &'a str,
+    pub upstream: &'a str,
+    pub endpoint: Option<&'a str>,
+}
+
+/// An invalid line of an entry file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct EntryError {
+    /// 1-based line number.
+    pub line: usize,
+    pub message: String,
+}
+
+/// Splits one entry, `key,upstream` or `key,upstream,endpoint`, trimming
+/// spaces around each field.
+pub fn parse_entry(text: &str) -> Result<(&str, &str, Option<&str>), String> {
+    let mut fields = text.split(',').map(str::trim);
+    let key = fields.next().unwrap_or_default();
+    let upstream = fields.next();
+    let endpoint = fields.next();
+    if fields.next().is_some() {
+        return Err(format!(
+            "`{text}` has more than three fields; expected key,upstream[,endpoint]"
+        ));
+    }
+    let Some(upstream) = upstream else {
+        return Err(format!(
+            "`{text}` has no upstream; expected key,upstream[,endpoint]"
+        ));
+    };
+    if key.is_empty() {
+        return Err("the key is empty".to_string());
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "the key is {} bytes long; at most {MAX_KEY_LEN} are allowed",
+            key.len()
+        ));
+    }
+    if upstream.is_empty() {
+        return Err(format!("key `{key}` has an empty upstream"));
+    }
+    let endpoint = match endpoint {
+        Some("") => return Err(format!("key `{key}` has an empty endpoint")),
+        other => other,
+    };
+    Ok((key, upstream, endpoint))
+}
+
+/// Parses an entry file: one `key,upstream[,endpoint]` per line. Blank lines
+/// and lines starting with `#` are skipped, and so is a first line
+/// `key,upstream` or `key,upstream,endpoint` (a header row). Stops at the
+/// first invalid line.
+pub fn parse_entries(text: &str) -> Result<Vec<EntryLine<'_>>, EntryError> {
+    let mut entries = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if entries.is_empty() && is_header_row(trimmed) {
+            continue;
+        }
+        let (key, upstream, endpoint) =
+            parse_entry(trimmed).map_err(|message| EntryError { line, message })?;
+        entries.push(EntryLine {
+            line,
+            key,
+            upstream,
+            endpoint,
+        });
+    }
+    Ok(entries)
+}
+
+fn is_header_row(line: &str) -> bool {
+    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    fields == ["key", "upstream"] || fields == ["key", "upstream", "endpoint"]
+}
+
+/// Builds a table from parsed entry lines, resolving upstream and endpoint
+/// names. A key given twice keeps its last entry.
+pub fn build_table(
+    name: &str,
+    spec: KeySpec,
+    default: Option<KeyTarget>,
+    lines: &[EntryLine<'_>],
+    names: &UpstreamNames,
+    sizing: TableSizing,
+    counters: &Arc<FitCounters>,
+) -> Result<KeyTable, EntryError> {
+    let mut table = KeyTable::new(name, spec, default, lines.len(), sizing, counters);
+    for entry in lines {
+        let target = names
+            .resolve(entry.upstream, entry.endpoint)
+            .map_err(|message| EntryError {
+                line: entry.line,
+                message: format!("key `{}`: {message}", entry.key),
+            })?;
+        table.insert(entry.key.as_bytes(), target);
+    }
+    table.shrink_to_fit();
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decode_keeps_invalid_escapes() {
+        assert_eq!(percent_decode("a%20b").as_ref(), b"a b");
+        assert_eq!(percent_decode("%zz%4").as_ref(), b"%zz%4");
+        assert_eq!(percent_decode("100%").as_ref(), b"100%");
+        assert_eq!(percent_decode("plain").as_ref(), b"plain");
+    }
+
+    #[test]
+    fn shard_count_follows_entries() {
+        let counters = FitCounters::new();
+        let sizing = TableSizing {
+            capacity: 16,
+            load_factor: 0.75,
+        };
+        let spec = KeySpec::PathSegment(0);
+        let small = KeyTable::new("t", spec.clone(), None, 10, sizing, &counters);
+        assert_eq!(small.stats().shards, 1);
+        let large = KeyTable::new("t", spec, None, 100_000, sizing, &counters);
+        assert_eq!(large.stats().shards, 32);
+    }
+}
