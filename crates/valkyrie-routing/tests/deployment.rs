@@ -629,13 +629,13 @@ fn monitoring_metrics_appear_in_scrape() {
             expressions.push(target["expr"].as_str().unwrap().to_string());
         }
     }
-    let mut wanted = metric_names(&alerts);
-    wanted.extend(metric_names(&expressions.join("\n")));
-    assert!(wanted.contains("valkyrie_tls_certificate_expiry_seconds"));
-    assert!(wanted.contains("valkyrie_rate_limit_redis_up"));
+    let mut expected_names = metric_names(&alerts);
+    expected_names.extend(metric_names(&expressions.join("\n")));
+    assert!(expected_names.contains("valkyrie_tls_certificate_expiry_seconds"));
+    assert!(expected_names.contains("valkyrie_rate_limit_redis_up"));
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut missing = wanted.clone();
+    let mut missing = expected_names.clone();
     while Instant::now() < deadline && !missing.is_empty() {
         let (status, body) = http_get(router.metrics, "/metrics").unwrap();
         assert_eq!(status, 200);
@@ -645,7 +645,7 @@ fn monitoring_metrics_appear_in_scrape() {
             .filter_map(|line| line.split(['{', ' ']).next())
             .map(str::to_string)
             .collect();
-        missing = wanted.difference(&exported).cloned().collect();
+        missing = expected_names.difference(&exported).cloned().collect();
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(missing.is_empty(), "not in /metrics: {missing:?}");
