@@ -493,6 +493,12 @@ fn kubernetes_matches_config() {
     let liveness = yaml_block(&deployment, "livenessProbe:").join("\n");
     assert_eq!(yaml_value(&liveness, "path"), "/health");
     assert_eq!(yaml_value(&liveness, "port"), "http");
+    let period: f64 = yaml_value(&liveness, "periodSeconds").parse().unwrap();
+    let failures: f64 = yaml_value(&liveness, "failureThreshold").parse().unwrap();
+    assert!(
+        period * failures > graceful_shutdown_seconds(),
+        "the liveness probe can restart a pod before its drain ends"
+    );
     let readiness = yaml_block(&deployment, "readinessProbe:").join("\n");
     assert_eq!(yaml_value(&readiness, "path"), "/ready");
     assert_eq!(yaml_value(&readiness, "port"), "http");
