@@ -7,13 +7,17 @@
 //! because the lookup tries every parent domain of the host and most of
 //! those probes miss, where hashbrown is faster than the FIT.
 //!
-//! The exact and prefix paths of every bucket live in one CRA (radix arena)
+//! A bucket with at most 8 exact and prefix paths keeps them in a short
+//! list, exact paths first and then prefixes from the longest to the
+//! shortest, which a lookup scans in order: one or two cache lines, where a
+//! tree descent costs a cache miss per level once the table outgrows the
+//! CPU caches. The paths of larger buckets live in one CRA (radix arena)
 //! whose keys are the bucket id (4 bytes, big-endian) followed by the path.
 //! One descent returns the exact entry, then the prefix entries from the
-//! longest to the shortest, which is the match order within a bucket. Each
-//! entry points to a run of route ids in one shared array, in precedence
-//! order, so the first route of a run that accepts the request's method and
-//! headers is the result.
+//! longest to the shortest, which is the same match order. Each entry points
+//! to a run of route ids in one shared array, in precedence order, so the
+//! first route of a run that accepts the request's method and headers is
+//! the result.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -38,6 +42,10 @@ const BUCKET_KEY_LEN: usize = std::mem::size_of::<BucketId>();
 /// CRA keys up to this length are assembled on the stack; longer paths
 /// allocate a buffer for the lookup.
 const KEY_BUFFER_LEN: usize = 192;
+
+/// Buckets with at most this many exact and prefix paths keep them in a
+/// list instead of the CRA.
+const MAX_LISTED_PATHS: usize = 8;
 
 /// Sort key that puts routes in match order: most specific first, then
 /// config order.
@@ -97,11 +105,30 @@ impl Probe<'_> {
     }
 }
 
-/// The routes of one host bucket that the CRA does not hold.
+/// Where the exact and prefix paths of a bucket are.
+#[derive(Clone, Copy, Debug, Default)]
+enum BucketPaths {
+    #[default]
+    None,
+    /// Entries `start..start + len` of `HostIndex::listed`.
+    Listed { start: u32, len: u32 },
+    /// Keys of the CRA that start with the bucket id.
+    Tree,
+}
+
+/// One path of a listed bucket; its bytes are in `HostIndex::listed_bytes`.
+#[derive(Clone, Copy, Debug)]
+struct ListedPath {
+    start: u32,
+    len: u32,
+    prefix: bool,
+    candidates: Candidates,
+}
+
+/// The routes of one host bucket.
 #[derive(Clone, Copy, Debug, Default)]
 struct Bucket {
-    /// True when the CRA has exact or prefix paths of this bucket.
-    has_paths: bool,
+    paths: BucketPaths,
     regex: Candidates,
     any: Candidates,
 }
@@ -113,6 +140,8 @@ pub(crate) struct HostIndex {
     wildcard: hashbrown::HashMap<Box<str>, BucketId>,
     any: Option<BucketId>,
     buckets: Box<[Bucket]>,
+    listed: Box<[ListedPath]>,
+    listed_bytes: Box<[u8]>,
     paths: Cra<Candidates>,
     candidates: Box<[RouteId]>,
 }
@@ -178,15 +207,39 @@ impl HostIndex {
     /// regexes, then routes without a path condition.
     fn find_in_bucket(&self, bucket: BucketId, probe: &mut Probe<'_>) -> Option<RouteId> {
         let entry = self.buckets[bucket as usize];
-        if entry.has_paths {
-            if let Some(found) = self.find_path(bucket, probe) {
-                return Some(found);
-            }
+        let found = match entry.paths {
+            BucketPaths::None => None,
+            BucketPaths::Listed { start, len } => self.find_listed(start, len, probe),
+            BucketPaths::Tree => self.find_path(bucket, probe),
+        };
+        if found.is_some() {
+            return found;
         }
         if let Some(found) = probe.first_accepted_by_regex(self.run(entry.regex)) {
             return Some(found);
         }
         probe.first_accepted(self.run(entry.any))
+    }
+
+    /// Scans a listed bucket's paths, which are in match order.
+    fn find_listed(&self, start: u32, len: u32, probe: &mut Probe<'_>) -> Option<RouteId> {
+        let path = probe.path.as_bytes();
+        let listed = &self.listed[start as usize..(start + len) as usize];
+        for entry in listed {
+            let bytes =
+                &self.listed_bytes[entry.start as usize..(entry.start + entry.len) as usize];
+            let matches = if entry.prefix {
+                path.starts_with(bytes)
+            } else {
+                path == bytes
+            };
+            if matches {
+                if let Some(found) = probe.first_accepted(self.run(entry.candidates)) {
+                    return Some(found);
+                }
+            }
+        }
+        None
     }
 
     fn find_path(&self, bucket: BucketId, probe: &mut Probe<'_>) -> Option<RouteId> {
@@ -224,6 +277,7 @@ impl HostIndex {
             cra_nodes: self.paths.node_count(),
             cra_fragmentation: self.paths.fragmentation(),
             cra_arena_bytes: self.paths.arena_bytes(),
+            listed_paths: self.listed.len(),
             heap_bytes: self.heap_bytes(),
         }
     }
@@ -241,6 +295,8 @@ impl HostIndex {
             + self.wildcard.capacity() * wildcard_slot
             + wildcard_keys
             + std::mem::size_of_val::<[Bucket]>(&self.buckets)
+            + std::mem::size_of_val::<[ListedPath]>(&self.listed)
+            + self.listed_bytes.len()
             + self.paths.arena_bytes()
             + std::mem::size_of_val::<[RouteId]>(&self.candidates)
     }
@@ -274,6 +330,9 @@ pub struct IndexStats {
     pub cra_fragmentation: f64,
     /// CRA arena size in bytes.
     pub cra_arena_bytes: usize,
+    /// Exact and prefix paths kept in the lists of small buckets instead
+    /// of the CRA.
+    pub listed_paths: usize,
     /// Heap bytes of the whole index (FIT, wildcard map, CRA, candidate
     /// runs), not counting the routes themselves.
     pub heap_bytes: usize,
@@ -365,19 +424,49 @@ impl IndexBuilder {
 
         let mut buckets = Vec::with_capacity(self.buckets.len());
         let mut path_entries: Vec<(Vec<u8>, MatchKind, Candidates)> = Vec::new();
+        let mut listed = Vec::new();
+        let mut listed_bytes = Vec::new();
         for (bucket, lists) in self.buckets.into_iter().enumerate() {
             let bucket = bucket as BucketId;
-            let has_paths = !(lists.exact.is_empty() && lists.prefixes.is_empty());
-            for (path, ids) in &lists.exact {
-                let key = path_key(bucket, path.as_bytes());
-                path_entries.push((key, MatchKind::Exact, push_run(ids)));
-            }
-            for (prefix, ids) in &lists.prefixes {
-                let key = path_key(bucket, prefix.as_bytes());
-                path_entries.push((key, MatchKind::Prefix, push_run(ids)));
-            }
+            let count = lists.exact.len() + lists.prefixes.len();
+            let paths = if count == 0 {
+                BucketPaths::None
+            } else if count <= MAX_LISTED_PATHS {
+                let start = listed.len() as u32;
+                let mut entries: Vec<(&String, bool, &Vec<RouteId>)> = lists
+                    .exact
+                    .iter()
+                    .map(|(path, ids)| (path, false, ids))
+                    .chain(lists.prefixes.iter().map(|(path, ids)| (path, true, ids)))
+                    .collect();
+                // Exact paths first, then prefixes from the longest.
+                entries.sort_by_key(|(path, prefix, _)| (*prefix, Reverse(path.len())));
+                for (path, prefix, ids) in entries {
+                    listed.push(ListedPath {
+                        start: listed_bytes.len() as u32,
+                        len: path.len() as u32,
+                        prefix,
+                        candidates: push_run(ids),
+                    });
+                    listed_bytes.extend_from_slice(path.as_bytes());
+                }
+                BucketPaths::Listed {
+                    start,
+                    len: count as u32,
+                }
+            } else {
+                for (path, ids) in &lists.exact {
+                    let key = path_key(bucket, path.as_bytes());
+                    path_entries.push((key, MatchKind::Exact, push_run(ids)));
+                }
+                for (prefix, ids) in &lists.prefixes {
+                    let key = path_key(bucket, prefix.as_bytes());
+                    path_entries.push((key, MatchKind::Prefix, push_run(ids)));
+                }
+                BucketPaths::Tree
+            };
             buckets.push(Bucket {
-                has_paths,
+                paths,
                 regex: push_run(&lists.regex),
                 any: push_run(&lists.any),
             });
@@ -409,6 +498,8 @@ impl IndexBuilder {
             wildcard,
             any: self.any,
             buckets: buckets.into_boxed_slice(),
+            listed: listed.into_boxed_slice(),
+            listed_bytes: listed_bytes.into_boxed_slice(),
             paths: paths.build(),
             candidates: candidates.into_boxed_slice(),
         }

@@ -44,11 +44,51 @@ fn stats_describe_the_index() {
     let stats = table.stats();
     assert_eq!(stats.exact_hosts.len, 2, "api and www");
     assert_eq!(stats.wildcard_hosts, 1);
-    assert_eq!(stats.cra_entries, 3, "/v1/, /health and /");
-    assert!(stats.cra_nodes >= 4, "{stats:?}");
-    assert_eq!(stats.cra_fragmentation, 0.0, "built compactly");
+    assert_eq!(
+        stats.listed_paths, 3,
+        "/v1/, /health and / in small buckets"
+    );
+    assert_eq!(stats.cra_entries, 0);
     assert!(stats.exact_hosts.load_factor > 0.0);
     assert!(stats.heap_bytes >= stats.exact_hosts.heap_bytes + stats.cra_arena_bytes);
+}
+
+#[test]
+fn large_buckets_use_the_cra() {
+    let mut routes = String::from(ROUTES);
+    for version in 0..12 {
+        routes.push_str(&format!(
+            "[[routes]]\nname = \"v{version}\"\nhost = \"api.example.com\"\npath_prefix = \"/api/v{version}/\"\nupstream = \"app\"\n"
+        ));
+    }
+    let table = RouteTable::build(&config(&routes)).unwrap();
+    let stats = table.stats();
+    assert_eq!(
+        stats.cra_entries, 14,
+        "the api.example.com bucket has 14 paths"
+    );
+    assert_eq!(stats.listed_paths, 1, "/ of the catch-all bucket");
+    assert!(stats.cra_nodes >= 14, "{stats:?}");
+    assert_eq!(stats.cra_fragmentation, 0.0, "built compactly");
+
+    let names: Vec<Option<String>> = ["/api/v11/x", "/api/v1/x", "/health", "/v1/a", "/other"]
+        .iter()
+        .map(|path| {
+            table
+                .route(&Request::new(Some("api.example.com"), path).info())
+                .map(|matched| matched.route.name.to_string())
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            Some("v11".to_string()),
+            Some("v1".to_string()),
+            Some("api-health".to_string()),
+            Some("api-v1".to_string()),
+            Some("fallback".to_string()),
+        ]
+    );
 }
 
 #[test]

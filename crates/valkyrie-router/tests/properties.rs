@@ -144,11 +144,23 @@ enum PathCondition {
     Regex(String),
 }
 
+/// More paths than `PATHS`, built from the segments requests use, so that
+/// the routes of one host crowd a bucket past the short-list limit of 8
+/// paths and lookups go through the CRA.
+const CROWDED_PATHS: &[&str] = &[
+    "/", "/x", "/x/", "/x/y", "/xy", "/y", "/%7ex", "/~x", "/é", "/x/é", "/x/x", "/y/x", "/y/y",
+    "/y/", "/xy/", "/xy/x", "/x/xy", "/x/x/", "/y/xy", "/xy/y",
+];
+
 fn path_condition() -> impl Strategy<Value = PathCondition> {
+    path_condition_from(PATHS)
+}
+
+fn path_condition_from(paths: &'static [&'static str]) -> impl Strategy<Value = PathCondition> {
     prop_oneof![
         Just(PathCondition::Any),
-        select(PATHS).prop_map(|p| PathCondition::Exact(p.to_owned())),
-        select(PATHS).prop_map(|p| PathCondition::Prefix(p.to_owned())),
+        select(paths).prop_map(|p| PathCondition::Exact(p.to_owned())),
+        select(paths).prop_map(|p| PathCondition::Prefix(p.to_owned())),
         select(REGEXES).prop_map(|p| PathCondition::Regex(p.to_owned())),
     ]
 }
@@ -168,9 +180,26 @@ fn header_condition() -> impl Strategy<Value = HeaderMatchConfig> {
 }
 
 fn route_config() -> impl Strategy<Value = RouteConfig> {
+    route_config_from(host_condition().boxed(), path_condition().boxed())
+}
+
+/// Routes over few hosts and many paths; see `CROWDED_PATHS`.
+fn crowded_route_config() -> impl Strategy<Value = RouteConfig> {
+    let host = prop_oneof![
+        3 => Just(None),
+        1 => Just(Some("a.com".to_owned())),
+        1 => Just(Some("*.a.com".to_owned())),
+    ];
+    route_config_from(host.boxed(), path_condition_from(CROWDED_PATHS).boxed())
+}
+
+fn route_config_from(
+    host: BoxedStrategy<Option<String>>,
+    path: BoxedStrategy<PathCondition>,
+) -> impl Strategy<Value = RouteConfig> {
     (
-        host_condition(),
-        path_condition(),
+        host,
+        path,
         subsequence(vec!["GET", "POST"], 0..=2),
         prop::collection::vec(header_condition(), 0..=2),
     )
@@ -385,5 +414,24 @@ proptest! {
         let disguised = Request { path: disguise(&plain.path, &choices), ..request.clone() };
         prop_assert_eq!(picked(&table, &request), picked(&table, &plain));
         prop_assert_eq!(picked(&table, &disguised), picked(&table, &plain), "disguised {:?}", disguised.path);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn crowded_table_agrees_with_reference(
+        routes in prop::collection::vec(crowded_route_config(), 24..48),
+        requests in prop::collection::vec(request(), 1..16),
+    ) {
+        let table = table_of(routes);
+        for request in &requests {
+            prop_assert_eq!(
+                picked(&table, request),
+                reference_route(table.routes(), request),
+                "request {:?}", request
+            );
+        }
     }
 }
