@@ -233,7 +233,8 @@ async fn proxy(
     }
     check_framing(&request)?;
 
-    let snapshot = context.state.snapshot.load_full();
+    // Held until the request ends, so it finishes on this snapshot.
+    let snapshot = crate::engine::pin(&context.state);
     let host = request_host(&request).map(str::to_string);
     let upgrade =
         request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
@@ -246,17 +247,35 @@ async fn proxy(
             method: request.method(),
             headers: request.headers(),
         };
-        snapshot.routes.route(&info).map(|found| {
+        let mut tally = valkyrie_lockfree::FitTally::default();
+        let state = &context.state;
+        let found = state
+            .engine
+            .route(state, &snapshot, &info, started, &mut tally);
+        let matched = found.map(|found| {
+            let target = match found.route.target {
+                RouteTarget::Upstream(index) => Ok((index, None)),
+                RouteTarget::KeyTable(table) => crate::keys::resolve(
+                    &snapshot,
+                    table,
+                    &found.path,
+                    info.query,
+                    info.headers,
+                    &mut tally,
+                ),
+            };
             (
                 found.route.name.clone(),
-                found.route.target.clone(),
+                target,
                 found.upstream_path().into_owned(),
                 RouteSettings {
                     timeout: found.route.timeout.map(|timeout| timeout.0),
                     retry_non_idempotent: found.route.retry_non_idempotent,
                 },
             )
-        })
+        });
+        crate::engine::count_lookups(state, tally);
+        matched
     };
     let Some((route_name, target, upstream_path, route)) = route_match else {
         return Err(ProxyError::new(
@@ -280,15 +299,7 @@ async fn proxy(
             context.client.peer,
         )
         .await?;
-    let upstream_index = match target {
-        RouteTarget::Upstream(index) => index,
-        RouteTarget::KeyTable(_) => {
-            return Err(ProxyError::new(
-                ErrorKind::NoRoute,
-                "key-table routes are not supported by this build",
-            ))
-        }
-    };
+    let (upstream_index, pinned_endpoint) = target?;
     let upstream = snapshot.upstreams[upstream_index].clone();
     progress.upstream = Some(upstream.name.clone());
 
@@ -329,6 +340,7 @@ async fn proxy(
         path_and_query: &path_and_query,
         upgrade,
         hash_key: hash_key.as_deref(),
+        pinned_endpoint,
         resend_after_sending: is_idempotent(&parts.method) || route.retry_non_idempotent,
         deadline_budget: route.timeout.unwrap_or(upstream.config.request_timeout.0),
     };
@@ -379,6 +391,8 @@ struct Forward<'a> {
     path_and_query: &'a str,
     upgrade: bool,
     hash_key: Option<&'a [u8]>,
+    /// The endpoint a key-table entry names; every try goes to it.
+    pinned_endpoint: Option<usize>,
     /// True when a try that sent part of the request may be followed by
     /// another: the method is idempotent or the route allows it.
     resend_after_sending: bool,
@@ -406,7 +420,11 @@ impl Forward<'_> {
         let mut retry: Option<RetryPermit> = None;
         let mut deadline: Option<Instant> = None;
         loop {
-            let (index, ticket) = match upstream.select(self.hash_key, &tried) {
+            let selection = match self.pinned_endpoint {
+                Some(index) => select_pinned(upstream, index),
+                None => upstream.select(self.hash_key, &tried),
+            };
+            let (index, ticket) = match selection {
                 Selection::Endpoint(index, ticket) => (index, ticket),
                 Selection::CircuitOpen if retryable_response.is_none() && last_error.is_none() => {
                     return Err(ProxyError::new(
@@ -598,6 +616,18 @@ impl Forward<'_> {
             }
             return Err(failure);
         }
+    }
+}
+
+/// Selects the endpoint a key-table entry pins, through its breaker. A
+/// retry may go to it again; it never goes to another endpoint.
+fn select_pinned(upstream: &Upstream, index: usize) -> Selection {
+    let Some(endpoint) = upstream.endpoints.get(index) else {
+        return Selection::Empty;
+    };
+    match endpoint.breaker.try_admit() {
+        Some(ticket) => Selection::Endpoint(index, ticket),
+        None => Selection::CircuitOpen,
     }
 }
 

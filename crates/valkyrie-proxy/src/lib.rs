@@ -3,11 +3,13 @@
 
 pub mod body;
 pub mod breaker;
+pub mod engine;
 pub mod error;
 pub mod framing;
 mod handler;
 pub mod headers;
 pub mod health;
+pub mod keys;
 pub mod limits;
 pub mod net;
 pub mod pool;

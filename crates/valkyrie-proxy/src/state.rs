@@ -1,16 +1,19 @@
-//! The live state the data plane reads: one immutable snapshot of routes and
-//! upstreams, swapped whole on reload, plus the hooks the binary plugs in.
+//! The live state the data plane reads: one immutable snapshot of routes,
+//! key tables and upstreams, published through RCU (reloads swap it whole,
+//! key-table changes are batched into new ones), plus the hooks the binary
+//! plugs in.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use valkyrie_config::Config;
+use valkyrie_lockfree::{FitCounters, Rcu};
 use valkyrie_router::RouteTable;
 
 use crate::body::ProxyBody;
@@ -20,10 +23,13 @@ use crate::upstream::Upstream;
 
 /// Everything one routing decision needs, immutable once published.
 pub struct Snapshot {
-    /// Increases by one with every published snapshot.
+    /// Increases by one with every published snapshot, reloads and
+    /// key-table batches alike.
     pub generation: u64,
     pub config: Arc<Config>,
-    pub routes: RouteTable,
+    pub routes: Arc<RouteTable>,
+    /// Indexed like `config.key_tables`.
+    pub key_tables: Vec<crate::keys::LoadedTable>,
     /// Indexed like `config.upstreams`.
     pub upstreams: Vec<Arc<Upstream>>,
     pub trusted_proxies: CidrSet,
@@ -80,6 +86,8 @@ pub enum SnapshotError {
     TrustedProxies(String),
     #[error("invalid [server] via_name `{0}`: it must be a valid header value")]
     Via(String),
+    #[error("{0}")]
+    KeyTable(String),
 }
 
 impl Snapshot {
@@ -90,7 +98,22 @@ impl Snapshot {
         config: Arc<Config>,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, SnapshotError> {
-        let routes = RouteTable::build(&config)?;
+        Snapshot::build_in(config, previous, None).await
+    }
+
+    /// Builds a snapshot like [`Snapshot::build`], resolving relative
+    /// key-table file paths against `base_dir` (the config file's folder)
+    /// instead of the current directory.
+    pub async fn build_in(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+        base_dir: Option<&Path>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let counters = previous.map_or_else(FitCounters::new, |previous| {
+            Arc::clone(previous.routes.fit_counters())
+        });
+        let routes = Arc::new(RouteTable::build_counted(&config, Arc::clone(&counters))?);
+        let key_tables = load_key_tables(&config, previous, base_dir, &counters).await?;
         let trusted_proxies =
             CidrSet::parse(config.server.trusted_proxies.iter().map(String::as_str))
                 .map_err(SnapshotError::TrustedProxies)?;
@@ -133,6 +156,7 @@ impl Snapshot {
         Ok(Snapshot {
             generation: previous.map_or(1, |previous| previous.generation + 1),
             routes,
+            key_tables,
             upstreams,
             trusted_proxies,
             via,
@@ -142,6 +166,68 @@ impl Snapshot {
             retired: std::sync::Mutex::new(None),
             config,
         })
+    }
+}
+
+/// Loads the key tables on a blocking thread when a runtime is running,
+/// since entry files can be large.
+async fn load_key_tables(
+    config: &Arc<Config>,
+    previous: Option<&Snapshot>,
+    base_dir: Option<&Path>,
+    counters: &Arc<FitCounters>,
+) -> Result<Vec<crate::keys::LoadedTable>, SnapshotError> {
+    if config.key_tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let loaded = if tokio::runtime::Handle::try_current().is_ok() {
+        // The previous tables travel as owned values, because the blocking
+        // task cannot borrow the caller's snapshot.
+        let previous =
+            previous.map(|previous| previous.with_key_tables(previous.key_tables.clone()));
+        let (config, base_dir, counters) = (
+            config.clone(),
+            base_dir.map(Path::to_path_buf),
+            counters.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::keys::load_tables(&config, previous.as_ref(), base_dir.as_deref(), &counters)
+        })
+        .await
+        .map_err(|error| SnapshotError::KeyTable(format!("loading key tables failed: {error}")))?
+    } else {
+        crate::keys::load_tables(config, previous, base_dir, counters)
+    };
+    loaded.map_err(SnapshotError::KeyTable)
+}
+
+impl Snapshot {
+    /// Returns a copy of this snapshot with other key tables and the next
+    /// generation; everything else is shared.
+    pub(crate) fn with_key_tables(&self, key_tables: Vec<crate::keys::LoadedTable>) -> Snapshot {
+        Snapshot {
+            generation: self.generation + 1,
+            config: self.config.clone(),
+            routes: self.routes.clone(),
+            key_tables,
+            upstreams: self.upstreams.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            via: self.via.clone(),
+            request_header_timeout: self.request_header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_request_body_bytes: self.max_request_body_bytes,
+            retired: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Marks this snapshot as replaced now, so that its drop reports the
+    /// grace period to `stats`.
+    pub(crate) fn retire(&self, stats: &Arc<SnapshotStats>) {
+        *self
+            .retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((std::time::Instant::now(), stats.clone()));
     }
 }
 
@@ -206,7 +292,11 @@ pub trait Observer: Send + Sync + 'static {
 
 /// State shared by every listener and connection.
 pub struct ProxyState {
-    pub snapshot: ArcSwap<Snapshot>,
+    /// The current snapshot. Requests read it through
+    /// [`crate::engine::pin`]; other readers may `load` it.
+    pub snapshot: Arc<Rcu<Snapshot>>,
+    /// Key-table publisher, route decision cache and per-thread readers.
+    pub engine: crate::engine::Engine,
     pub builtins: Option<Arc<dyn Builtins>>,
     pub observers: Vec<Arc<dyn Observer>>,
     pub access_log: AtomicBool,
@@ -214,11 +304,11 @@ pub struct ProxyState {
     /// Downstream connections open now, for `max_connections` and draining.
     pub open_connections: AtomicU64,
     pub snapshot_stats: Arc<SnapshotStats>,
-    /// Rate limits; they follow the config of each published snapshot.
-    pub rate_limiter: crate::ratelimit::RateLimiter,
     /// Set while the process is over its soft heap limit; data-plane
     /// listeners close new connections then.
     pub memory_pressure: AtomicBool,
+    /// Rate limits; they follow the config of each published snapshot.
+    pub rate_limiter: crate::ratelimit::RateLimiter,
     /// `[routing] max_concurrent_requests` and its wait queue.
     pub concurrency: Arc<crate::limits::ConcurrencyLimiter>,
     /// `[security] deny_list` plus the admin API's changes.
@@ -232,35 +322,49 @@ impl ProxyState {
         let concurrency =
             crate::limits::ConcurrencyLimiter::new(snapshot.config.routing.max_concurrent_requests);
         let deny_list = crate::limits::DenyList::new(&snapshot.config.security.deny_list);
+        let snapshot = Arc::new(Rcu::new(snapshot));
+        let snapshot_stats = Arc::new(SnapshotStats::default());
         ProxyState {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            engine: crate::engine::Engine::new(&snapshot, &snapshot_stats),
+            snapshot,
             builtins: None,
             observers: Vec::new(),
             access_log: AtomicBool::new(access_log),
             draining: AtomicBool::new(false),
             open_connections: AtomicU64::new(0),
-            snapshot_stats: Arc::new(SnapshotStats::default()),
-            rate_limiter,
+            snapshot_stats,
             memory_pressure: AtomicBool::new(false),
+            rate_limiter,
             concurrency,
             deny_list,
         }
     }
 
     /// Publishes a new snapshot; requests in flight finish on the one they started with.
-    pub fn publish(&self, snapshot: Snapshot) {
+    /// Returns the generation the snapshot was published as. Key-table
+    /// changes published while `snapshot` was built carry over to it.
+    pub fn publish(&self, snapshot: Snapshot) -> u64 {
         self.access_log
             .store(snapshot.config.logging.access_log, Ordering::Relaxed);
         self.concurrency
             .set_limit(snapshot.config.routing.max_concurrent_requests);
         self.deny_list
             .set_config(&snapshot.config.security.deny_list);
-        let previous = self.snapshot.swap(Arc::new(snapshot));
-        *previous.retired.lock().unwrap() =
-            Some((std::time::Instant::now(), self.snapshot_stats.clone()));
+        self.engine
+            .configure(&self.snapshot, &self.snapshot_stats, &snapshot.config);
+        let mut generation = 0;
+        self.snapshot.update(|current| {
+            let mut next = snapshot;
+            next.generation = current.generation + 1;
+            crate::keys::carry_over(&mut next.key_tables, current);
+            current.retire(&self.snapshot_stats);
+            generation = next.generation;
+            next
+        });
         self.snapshot_stats
             .published
             .fetch_add(1, Ordering::Relaxed);
+        generation
     }
 
     pub fn is_draining(&self) -> bool {

@@ -82,11 +82,17 @@ async fn serve(
         return response;
     }
     let method = request.method().clone();
-    let body = match read_body(request).await {
+    let query = request.uri().query().map(str::to_string);
+    let limit = if path == "/admin/keys" {
+        crate::engine_admin::MAX_KEYS_BODY
+    } else {
+        MAX_ADMIN_BODY
+    };
+    let body = match read_body(request, limit).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    admin(&control, &method, &path, &body).await
+    admin(&control, &method, &path, query.as_deref(), &body).await
 }
 
 /// `GET /health`: 200 while serving, 503 while draining.
@@ -201,8 +207,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
-    let limited = http_body_util::Limited::new(request.into_body(), MAX_ADMIN_BODY);
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Response<ProxyBody>> {
+    let limited = http_body_util::Limited::new(request.into_body(), limit);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => Err(json_response(
@@ -216,6 +222,7 @@ async fn admin(
     control: &Control,
     method: &Method,
     path: &str,
+    query: Option<&str>,
     body: &Bytes,
 ) -> Response<ProxyBody> {
     match (method, path) {
@@ -236,6 +243,9 @@ async fn admin(
         (&Method::GET, "/admin/deny-list") => crate::resilience::deny_list(control),
         (&Method::POST, "/admin/deny-list") => crate::resilience::change_deny_list(control, body),
         (&Method::POST, "/admin/memory/purge") => memory_purge(control).await,
+        (&Method::GET, "/admin/keys") => crate::engine_admin::lookup_keys(control, query),
+        (&Method::POST, "/admin/keys") => crate::engine_admin::change_keys(control, body).await,
+        (&Method::POST, "/admin/cache/warmup") => crate::engine_admin::cache_warmup(control, body),
         (
             _,
             "/config/status"
@@ -245,6 +255,8 @@ async fn admin(
             | "/admin/routes"
             | "/admin/upstreams"
             | "/admin/memory/purge"
+            | "/admin/keys"
+            | "/admin/cache/warmup"
             | "/admin/deny-list"
             | "/admin/circuit-breaker/enable"
             | "/admin/circuit-breaker/disable"

@@ -28,6 +28,37 @@ pub enum Command {
     /// Start the router on an embedded config with two small upstream servers
     /// on loopback, and print curl commands to try.
     Demo(DemoArgs),
+    /// Run a benchmark and print its figures.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub target: BenchTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchTarget {
+    /// Measure the routing engine (FIT, CRA, key tables, RCU publisher) on
+    /// a generated route set, and matchit and hashbrown on the same lookups.
+    Engine(EngineBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EngineBenchArgs {
+    /// Routes to generate: 70% key-table entries, the rest config routes.
+    #[arg(long, default_value_t = 100_000)]
+    pub routes: usize,
+    /// Threads that look up routes at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print one JSON object with every figure as the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds each throughput measurement runs; latency runs half as long.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -45,7 +76,10 @@ pub struct DemoArgs {
 
 /// Runs `--validate-config`: prints the result and returns the exit code.
 pub fn validate_config(path: &Path) -> ExitCode {
-    match load_checked(path).and_then(|config| crate::certs::check_config_files(config, path)) {
+    match load_checked(path)
+        .and_then(|config| crate::certs::check_config_files(config, path))
+        .and_then(|config| check_key_tables(config, path))
+    {
         Ok(_) => {
             println!("configuration OK");
             ExitCode::SUCCESS
@@ -55,6 +89,17 @@ pub fn validate_config(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads every key-table entry file the way a start would, so that a bad
+/// line or an unknown upstream fails validation with its file and line.
+fn check_key_tables(
+    config: valkyrie_config::Config,
+    path: &Path,
+) -> Result<valkyrie_config::Config, String> {
+    let counters = valkyrie_lockfree::FitCounters::new();
+    valkyrie_proxy::keys::load_tables(&config, None, path.parent(), &counters)?;
+    Ok(config)
 }
 
 /// Loads and validates a config file, including the checks that need the

@@ -1,11 +1,13 @@
 //! The `valkyrie-routing` binary: command line, wiring of the data plane,
 //! built-in endpoints, signals, logging and the demo.
 
+mod bench;
 mod builtins;
 mod certs;
 mod checks;
 mod cli;
 mod demo;
+mod engine_admin;
 mod logging;
 mod memory;
 mod metrics;
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         Some(cli::Command::Demo(args)) => demo::run(args),
+        Some(cli::Command::Bench(args)) => match args.target {
+            cli::BenchTarget::Engine(args) => bench::run(&args),
+        },
         None => {
             if let Some(path) = &cli.validate_config {
                 return cli::validate_config(path);

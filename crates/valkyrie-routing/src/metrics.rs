@@ -633,9 +633,10 @@ fn refresh_components(control: &Control) {
     metrics
         .rcu_grace_period
         .set(snapshots.last_grace_nanos.load(Ordering::Relaxed) as f64 / 1e9);
-    metrics
-        .active_routes
-        .set(snapshot.routes.routes().len() as i64);
+    metrics.active_routes.set(
+        (snapshot.routes.routes().len() + valkyrie_proxy::keys::entry_count(&snapshot)) as i64,
+    );
+    refresh_engine(metrics, state, &snapshot);
     metrics
         .memory_usage
         .set(crate::memory::resident_bytes().unwrap_or(0) as i64);
@@ -683,6 +684,13 @@ fn refresh_components(control: &Control) {
     }
     refresh_resilience(metrics, state, &snapshot);
 
+    let (cache_hits, cache_misses) = state.engine.cache_totals();
+    metrics
+        .cache_hits
+        .inc_by(cache_hits.saturating_sub(metrics.cache_hits.get()));
+    metrics
+        .cache_misses
+        .inc_by(cache_misses.saturating_sub(metrics.cache_misses.get()));
     let hits = metrics.cache_hits.get();
     let misses = metrics.cache_misses.get();
     let lookups = hits + misses;
@@ -691,6 +699,45 @@ fn refresh_components(control: &Control) {
     } else {
         hits as f64 / lookups as f64
     });
+}
+
+/// Copies the FIT counters and load factor, the CRA size and the pending
+/// key-table updates into the registry. The load factor covers the FIT of
+/// exact hosts and every key-table shard together.
+fn refresh_engine(
+    metrics: &Metrics,
+    state: &valkyrie_proxy::ProxyState,
+    snapshot: &valkyrie_proxy::Snapshot,
+) {
+    let index = snapshot.routes.stats();
+    let counters = snapshot.routes.fit_counters();
+    metrics.fit_operations.inc_by(
+        counters
+            .operations()
+            .saturating_sub(metrics.fit_operations.get()),
+    );
+    metrics.fit_collisions.inc_by(
+        counters
+            .collisions()
+            .saturating_sub(metrics.fit_collisions.get()),
+    );
+    let mut entries = index.exact_hosts.len;
+    let mut slots = index.exact_hosts.slots;
+    for loaded in &snapshot.key_tables {
+        let stats = loaded.table.stats();
+        entries += stats.entries;
+        slots += stats.slots;
+    }
+    metrics.fit_load_factor.set(if slots == 0 {
+        0.0
+    } else {
+        entries as f64 / slots as f64
+    });
+    metrics.cra_fragmentation.set(index.cra_fragmentation);
+    metrics.cra_nodes.set(index.cra_nodes as i64);
+    metrics
+        .rcu_pending
+        .set(state.engine.publisher_stats().pending as i64);
 }
 
 /// Copies the queue depth, breaker states and retry counters into the

@@ -226,12 +226,12 @@ impl Control {
         let state = self.state();
         let current = state.snapshot.load_full();
         warn_about_restart_only_changes(&current.config, &config);
-        let snapshot = Snapshot::build(config.clone(), Some(&current))
+        let config_dir = self.source.as_deref().and_then(Path::parent);
+        let snapshot = Snapshot::build_in(config.clone(), Some(&current), config_dir)
             .await
             .map_err(|error| error.to_string())?;
-        let generation = snapshot.generation;
         let allow = CidrSet::parse(config.admin.allow.iter().map(String::as_str))?;
-        state.publish(snapshot);
+        let generation = state.publish(snapshot);
         self.admin_allow.store(Arc::new(allow));
         self.metrics.set_budget(config.routing.performance_budget.0);
         let mut status = self.status.lock().unwrap();
@@ -398,7 +398,8 @@ pub async fn start(
         None => config_version(b"built-in defaults"),
     };
     let config = Arc::new(config);
-    let snapshot = Snapshot::build(config.clone(), None)
+    let config_dir = source.as_deref().and_then(Path::parent);
+    let snapshot = Snapshot::build_in(config.clone(), None, config_dir)
         .await
         .map_err(|error| error.to_string())?;
     let generation = snapshot.generation;

@@ -1,0 +1,857 @@
+//! `valkyrie-routing bench engine`: measures the routing engine on a
+//! generated route set, and matchit and hashbrown on the same lookups.
+//!
+//! The route set has `--routes` entries: 70% key-table entries, and the
+//! rest config routes over exact hosts (four path prefixes and one exact
+//! path each), wildcard hosts (1% of the config routes), one key-table
+//! route and one catch-all. Each lookup routes one request from a
+//! pre-generated mix and, on a key-table route, resolves the key.
+//!
+//! Throughput runs without timing single lookups. Latency is measured in a
+//! second pass that reads the clock before and after each lookup and
+//! subtracts the median cost of an empty reading.
+
+use std::hint::black_box;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use valkyrie_config::{
+    Config, KeySource, KeyTableConfig, RouteConfig, TableSource, UpstreamConfig,
+};
+use valkyrie_lockfree::{FitCounters, FitTally, Publisher, PublisherConfig, Rcu};
+use valkyrie_proxy::keys::LoadedTable;
+use valkyrie_router::cache::RouteCache;
+use valkyrie_router::keys::{KeyTable, KeyTarget, Resolution, UpstreamNames};
+use valkyrie_router::{RequestInfo, RouteTable, RouteTarget};
+
+use crate::cli::EngineBenchArgs;
+
+/// Upstreams in the generated config, two endpoints each.
+const UPSTREAMS: usize = 8;
+/// Path prefixes per exact host; each host also has one exact path.
+const PREFIXES_PER_HOST: usize = 4;
+/// Most requests generated; they are reused round robin.
+const MAX_REQUESTS: usize = 1 << 18;
+/// Lookups between two reads of the clock in the throughput pass.
+const CHECK_EVERY: usize = 1024;
+/// Most latency samples kept per thread.
+const MAX_SAMPLES: usize = 2_000_000;
+/// Key-table changes applied through the publisher.
+const UPDATES: usize = 200_000;
+/// Changes submitted at once to measure how soon a batch is visible.
+const VISIBILITY_BATCH: usize = 10_000;
+
+/// Runs the benchmark and prints its report; with `--json` the last line is
+/// one JSON object.
+pub fn run(args: &EngineBenchArgs) -> ExitCode {
+    if args.routes < 100 || args.threads == 0 {
+        eprintln!("bench engine: --routes must be at least 100 and --threads at least 1");
+        return ExitCode::FAILURE;
+    }
+    match measure(args) {
+        Ok(report) => {
+            print_report(&report, args.json);
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("bench engine failed: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One request of the lookup mix.
+struct BenchRequest {
+    host: String,
+    path: String,
+}
+
+/// Position of one request's host and path in `Requests::text`.
+struct Span {
+    start: u32,
+    host_len: u32,
+    path_len: u32,
+}
+
+/// Requests stored back to back in one buffer, in lookup order. A proxy
+/// routes a request head it has just parsed, so the head is in the CPU
+/// cache. Requests in separate allocations would add two cache misses per
+/// lookup that a proxy does not have, so the buffer is read in order, which
+/// the CPU prefetches.
+struct Requests {
+    text: String,
+    spans: Vec<Span>,
+}
+
+impl Requests {
+    fn new(requests: &[BenchRequest]) -> Requests {
+        let mut text = String::new();
+        let spans = requests
+            .iter()
+            .map(|request| {
+                let start = text.len() as u32;
+                text.push_str(&request.host);
+                text.push_str(&request.path);
+                Span {
+                    start,
+                    host_len: request.host.len() as u32,
+                    path_len: request.path.len() as u32,
+                }
+            })
+            .collect();
+        Requests { text, spans }
+    }
+
+    #[inline]
+    fn get(&self, span: &Span) -> BenchRef<'_> {
+        let host_end = (span.start + span.host_len) as usize;
+        BenchRef {
+            host: &self.text[span.start as usize..host_end],
+            path: &self.text[host_end..host_end + span.path_len as usize],
+        }
+    }
+}
+
+/// A request borrowed from `Requests`.
+struct BenchRef<'a> {
+    host: &'a str,
+    path: &'a str,
+}
+
+/// Figures of one lookup structure.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    lookups_per_sec: f64,
+    p50_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    bytes_per_route: f64,
+}
+
+impl Figures {
+    fn json(&self) -> Value {
+        json!({
+            "lookups_per_sec": self.lookups_per_sec.round(),
+            "p50_ns": self.p50_ns,
+            "p99_ns": self.p99_ns,
+            "p999_ns": self.p999_ns,
+            "bytes_per_route": (self.bytes_per_route * 10.0).round() / 10.0,
+        })
+    }
+}
+
+struct Report {
+    routes: usize,
+    config_routes: usize,
+    key_entries: usize,
+    threads: usize,
+    engine: Figures,
+    lookups_per_sec_per_thread: f64,
+    bytes_per_config_route: f64,
+    bytes_per_key_entry: f64,
+    build_ms: f64,
+    updates_per_sec: f64,
+    batch_visible_ms: f64,
+    /// Hits per lookup of the route cache in the cached pass.
+    cache_hit_rate: f64,
+    baselines: Vec<(&'static str, Figures)>,
+}
+
+fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
+    let duration = Duration::from_secs_f64(args.seconds.max(0.01));
+    let mut rng = StdRng::seed_from_u64(args.routes as u64);
+    let plan = Plan::new(args.routes);
+    let entries_file = TempFile::write(&plan.entries_csv())?;
+    let config = plan.config(&entries_file.path);
+
+    // Build the engine state as a snapshot build does, measuring time and
+    // allocator bytes of each part.
+    let counters = FitCounters::new();
+    let started = Instant::now();
+    let (routes, route_bytes) =
+        retained(|| RouteTable::build_counted(&config, Arc::clone(&counters)));
+    let routes = routes.map_err(|error| error.to_string())?;
+    let (tables, table_bytes) =
+        retained(|| valkyrie_proxy::keys::load_tables(&config, None, None, &counters));
+    let tables = tables?;
+    let build_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(entries_file);
+
+    let requests = Requests::new(&plan.requests(&mut rng));
+    let headers = HeaderMap::new();
+    let uncached = |span: &Span, tally: &mut FitTally| {
+        engine_lookup(&routes, &tables, None, &requests.get(span), &headers, tally)
+    };
+    let mut engine = time_lookups(&requests.spans, args.threads, duration, uncached);
+
+    // The same lookups through the route decision cache at its default
+    // size and time to live, filled by a first pass.
+    let routing = &config.routing;
+    let cache = RouteCache::new(routing.route_cache_size, routing.route_cache_ttl.0);
+    let now = Instant::now();
+    let cached = |span: &Span, tally: &mut FitTally| {
+        let cache = Some((&cache, now));
+        engine_lookup(
+            &routes,
+            &tables,
+            cache,
+            &requests.get(span),
+            &headers,
+            tally,
+        )
+    };
+    let mut tally = FitTally::default();
+    for span in &requests.spans {
+        cached(span, &mut tally);
+    }
+    let mut with_cache = time_lookups(&requests.spans, args.threads, duration, cached);
+    let cache_stats = cache.stats();
+    drop(cache);
+    let total_routes = plan.config_routes + plan.key_entries;
+    engine.bytes_per_route = (route_bytes + table_bytes) as f64 / total_routes as f64;
+    let lookups_per_sec_per_thread = engine.lookups_per_sec / args.threads as f64;
+    with_cache.bytes_per_route = engine.bytes_per_route;
+    let cache_hit_rate =
+        cache_stats.hits as f64 / (cache_stats.hits + cache_stats.misses).max(1) as f64;
+
+    let bytes_per_config_route = route_bytes as f64 / plan.config_routes as f64;
+    let mut baselines = baselines(
+        &plan,
+        &routes,
+        bytes_per_config_route,
+        &tables[0].table,
+        &mut rng,
+        duration,
+    );
+    baselines.push(("valkyrie_cached", with_cache));
+    let (updates_per_sec, batch_visible_ms) = measure_updates(&config, &tables[0].table, &plan)?;
+
+    Ok(Report {
+        routes: total_routes,
+        config_routes: plan.config_routes,
+        key_entries: plan.key_entries,
+        threads: args.threads,
+        engine,
+        lookups_per_sec_per_thread,
+        bytes_per_config_route,
+        bytes_per_key_entry: table_bytes as f64 / plan.key_entries as f64,
+        build_ms,
+        updates_per_sec,
+        batch_visible_ms,
+        cache_hit_rate,
+        baselines,
+    })
+}
+
+/// Routes one request and resolves its key on a key-table route; returns
+/// the upstream index, or `usize::MAX` for no route.
+fn engine_lookup(
+    routes: &RouteTable,
+    tables: &[LoadedTable],
+    cache: Option<(&RouteCache, Instant)>,
+    request: &BenchRef<'_>,
+    headers: &HeaderMap,
+    tally: &mut FitTally,
+) -> usize {
+    let info = RequestInfo {
+        host: Some(request.host),
+        path: request.path,
+        query: None,
+        method: &Method::GET,
+        headers,
+    };
+    let matched = match cache {
+        Some((cache, now)) => cache.route(routes, &info, now, tally),
+        None => routes.route_counted(&info, tally).matched,
+    };
+    let Some(matched) = matched else {
+        return usize::MAX;
+    };
+    match matched.route.target {
+        RouteTarget::Upstream(index) => index,
+        RouteTarget::KeyTable(index) => {
+            let table = &tables[index].table;
+            let key = table.spec().extract(&matched.path, None, headers);
+            match table.resolve(key.as_deref(), tally) {
+                Resolution::Entry(target) | Resolution::Default(target) => target.upstream(),
+                Resolution::Missing => usize::MAX,
+            }
+        }
+    }
+}
+
+/// The shape of the generated route set for a route count.
+struct Plan {
+    key_entries: usize,
+    config_routes: usize,
+    hosts: usize,
+    wildcards: usize,
+}
+
+impl Plan {
+    fn new(routes: usize) -> Plan {
+        let key_entries = routes * 7 / 10;
+        let config_target = routes - key_entries;
+        let wildcards = (config_target / 100).max(1);
+        let per_host = PREFIXES_PER_HOST + 1;
+        let hosts = config_target
+            .saturating_sub(wildcards + 2)
+            .div_ceil(per_host)
+            .max(1);
+        Plan {
+            key_entries,
+            config_routes: hosts * per_host + wildcards + 2,
+            hosts,
+            wildcards,
+        }
+    }
+
+    fn config(&self, entries: &std::path::Path) -> Config {
+        let upstreams = (0..UPSTREAMS)
+            .map(|index| {
+                let endpoints: Vec<String> = (0..2)
+                    .map(|port| format!("127.0.0.1:{}", 9000 + index * 2 + port))
+                    .collect();
+                // Deserialized, so every other key takes its default.
+                serde_json::from_value::<UpstreamConfig>(json!({
+                    "name": format!("u{index}"),
+                    "endpoints": endpoints,
+                }))
+                .expect("a name and endpoints make a valid upstream")
+            })
+            .collect();
+        let mut config = Config {
+            upstreams,
+            ..Config::default()
+        };
+        let route = |name: String, host: Option<String>| RouteConfig {
+            name,
+            host,
+            upstream: Some("u0".to_string()),
+            ..RouteConfig::default()
+        };
+        for host in 0..self.hosts {
+            let upstream = Some(format!("u{}", host % UPSTREAMS));
+            for prefix in 0..PREFIXES_PER_HOST {
+                config.routes.push(RouteConfig {
+                    path_prefix: Some(format!("/api/v{prefix}/")),
+                    upstream: upstream.clone(),
+                    ..route(format!("h{host}-v{prefix}"), Some(host_name(host)))
+                });
+            }
+            config.routes.push(RouteConfig {
+                path_exact: Some("/health".to_string()),
+                upstream,
+                ..route(format!("h{host}-health"), Some(host_name(host)))
+            });
+        }
+        for zone in 0..self.wildcards {
+            config.routes.push(RouteConfig {
+                path_prefix: Some("/".to_string()),
+                ..route(
+                    format!("zone{zone}"),
+                    Some(format!("*.z{zone}.example.com")),
+                )
+            });
+        }
+        config.routes.push(RouteConfig {
+            path_prefix: Some("/t/".to_string()),
+            upstream: None,
+            key_table: Some("tenants".to_string()),
+            ..route(
+                "tenants".to_string(),
+                Some("tenants.example.com".to_string()),
+            )
+        });
+        config.routes.push(route("fallback".to_string(), None));
+        config.key_tables.push(KeyTableConfig {
+            name: "tenants".to_string(),
+            key: KeySource::PathSegment(1),
+            source: TableSource::File(entries.display().to_string()),
+            default_upstream: Some("u0".to_string()),
+        });
+        config.routing.lockfree.fit_capacity = 1024;
+        config
+    }
+
+    fn entries_csv(&self) -> String {
+        let mut text = String::with_capacity(self.key_entries * 32);
+        for entry in 0..self.key_entries {
+            let upstream = entry % UPSTREAMS;
+            // One entry in ten pins an endpoint.
+            if entry % 10 == 0 {
+                let port = 9000 + upstream * 2 + entry % 2;
+                text.push_str(&format!("{},u{upstream},127.0.0.1:{port}\n", tenant(entry)));
+            } else {
+                text.push_str(&format!("{},u{upstream}\n", tenant(entry)));
+            }
+        }
+        text
+    }
+
+    /// Generates the lookup mix: 50% exact host and prefix, 10% exact path,
+    /// 10% wildcard host, 25% key-table keys (2% of them unknown), 5%
+    /// unknown hosts that fall through to the catch-all.
+    fn requests(&self, rng: &mut StdRng) -> Vec<BenchRequest> {
+        let count = (self.config_routes + self.key_entries).clamp(4096, MAX_REQUESTS);
+        (0..count)
+            .map(|_| {
+                let kind = rng.gen_range(0..100);
+                match kind {
+                    0..=49 => BenchRequest {
+                        host: host_name(rng.gen_range(0..self.hosts)),
+                        path: format!(
+                            "/api/v{}/items/{}",
+                            rng.gen_range(0..PREFIXES_PER_HOST),
+                            rng.gen_range(0..1000)
+                        ),
+                    },
+                    50..=59 => BenchRequest {
+                        host: host_name(rng.gen_range(0..self.hosts)),
+                        path: "/health".to_string(),
+                    },
+                    60..=69 => BenchRequest {
+                        host: format!(
+                            "shop{}.z{}.example.com",
+                            rng.gen_range(0..100),
+                            rng.gen_range(0..self.wildcards)
+                        ),
+                        path: "/cart".to_string(),
+                    },
+                    70..=94 => {
+                        let entry = rng.gen_range(0..self.key_entries.max(1));
+                        let key = if rng.gen_range(0..50) == 0 {
+                            format!("unknown-{entry}")
+                        } else {
+                            tenant(entry)
+                        };
+                        BenchRequest {
+                            host: "tenants.example.com".to_string(),
+                            path: format!("/t/{key}/orders"),
+                        }
+                    }
+                    _ => BenchRequest {
+                        host: format!("nowhere{}.org", rng.gen_range(0..1000)),
+                        path: "/".to_string(),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+fn host_name(host: usize) -> String {
+    format!("h{host}.example.com")
+}
+
+fn tenant(entry: usize) -> String {
+    format!("tenant-{entry:07}")
+}
+
+/// Measures throughput on `threads` threads, then per-lookup latency.
+fn time_lookups<R, F>(requests: &[R], threads: usize, duration: Duration, lookup: F) -> Figures
+where
+    R: Sync,
+    F: Fn(&R, &mut FitTally) -> usize + Sync,
+{
+    let lookup = &lookup;
+    let counts: Vec<(usize, Duration)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                scope.spawn(move || {
+                    let mut tally = FitTally::default();
+                    let mut position = thread * requests.len() / threads;
+                    let mut done = 0usize;
+                    let started = Instant::now();
+                    loop {
+                        for _ in 0..CHECK_EVERY {
+                            black_box(lookup(&requests[position], &mut tally));
+                            position += 1;
+                            if position == requests.len() {
+                                position = 0;
+                            }
+                        }
+                        done += CHECK_EVERY;
+                        if started.elapsed() >= duration {
+                            return (done, started.elapsed());
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap())
+            .collect()
+    });
+    let lookups_per_sec = counts
+        .iter()
+        .map(|(done, elapsed)| *done as f64 / elapsed.as_secs_f64())
+        .sum();
+
+    let overhead = clock_overhead_ns();
+    let mut samples: Vec<u64> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                scope.spawn(move || {
+                    let mut tally = FitTally::default();
+                    let mut samples = Vec::with_capacity(MAX_SAMPLES.min(1 << 20));
+                    let mut position = (thread * requests.len() / threads + 7) % requests.len();
+                    let started = Instant::now();
+                    while started.elapsed() < duration / 2 && samples.len() < MAX_SAMPLES {
+                        let before = Instant::now();
+                        black_box(lookup(&requests[position], &mut tally));
+                        let nanos = before.elapsed().as_nanos() as u64;
+                        samples.push(nanos.saturating_sub(overhead));
+                        position = (position + 1) % requests.len();
+                    }
+                    samples
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap())
+            .collect()
+    });
+    samples.sort_unstable();
+    Figures {
+        lookups_per_sec,
+        p50_ns: percentile(&samples, 0.5),
+        p99_ns: percentile(&samples, 0.99),
+        p999_ns: percentile(&samples, 0.999),
+        bytes_per_route: 0.0,
+    }
+}
+
+/// Returns the median nanoseconds between two clock readings with nothing
+/// in between.
+fn clock_overhead_ns() -> u64 {
+    let mut samples: Vec<u64> = (0..10_000)
+        .map(|_| {
+            let before = Instant::now();
+            before.elapsed().as_nanos() as u64
+        })
+        .collect();
+    samples.sort_unstable();
+    percentile(&samples, 0.5)
+}
+
+fn percentile(sorted: &[u64], quantile: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
+    sorted[index]
+}
+
+/// Runs matchit on the exact-host requests (host as the first path
+/// segment) and hashbrown on the key-table keys, each next to the engine
+/// on the same input, one thread each.
+fn baselines(
+    plan: &Plan,
+    routes: &RouteTable,
+    bytes_per_config_route: f64,
+    table: &KeyTable,
+    rng: &mut StdRng,
+    duration: Duration,
+) -> Vec<(&'static str, Figures)> {
+    let mut baselines = Vec::new();
+    let headers = HeaderMap::new();
+
+    // Paths: exact host with a prefix or the exact path.
+    let path_requests: Vec<BenchRequest> = (0..MAX_REQUESTS.min(plan.hosts * 16).max(4096))
+        .map(|_| {
+            let host = host_name(rng.gen_range(0..plan.hosts));
+            let prefix = rng.gen_range(0..=PREFIXES_PER_HOST);
+            let path = if prefix == PREFIXES_PER_HOST {
+                "/health".to_string()
+            } else {
+                format!("/api/v{prefix}/items/{}", rng.gen_range(0..1000))
+            };
+            BenchRequest { host, path }
+        })
+        .collect();
+    let host_routes = plan.hosts * (PREFIXES_PER_HOST + 1);
+    let (matchit, matchit_bytes) = retained(|| {
+        let mut matchit = matchit::Router::new();
+        for host in 0..plan.hosts {
+            for prefix in 0..PREFIXES_PER_HOST {
+                let route = format!("/{}/api/v{prefix}/{{*rest}}", host_name(host));
+                matchit
+                    .insert(route, (host * (PREFIXES_PER_HOST + 1) + prefix) as u32)
+                    .expect("generated matchit routes do not conflict");
+            }
+            matchit
+                .insert(
+                    format!("/{}/health", host_name(host)),
+                    (host * (PREFIXES_PER_HOST + 1) + PREFIXES_PER_HOST) as u32,
+                )
+                .expect("generated matchit routes do not conflict");
+        }
+        matchit
+    });
+    let joined = Requests::new(
+        &path_requests
+            .iter()
+            .map(|request| BenchRequest {
+                host: format!("/{}", request.host),
+                path: request.path.clone(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut figures = time_lookups(&joined.spans, 1, duration, |span, _| {
+        // The host and path are adjacent, so together they are one path.
+        let start = span.start as usize;
+        let path = &joined.text[start..start + (span.host_len + span.path_len) as usize];
+        matchit
+            .at(path)
+            .map_or(usize::MAX, |found| *found.value as usize)
+    });
+    figures.bytes_per_route = matchit_bytes as f64 / host_routes as f64;
+    baselines.push(("matchit", figures));
+
+    let path_requests = Requests::new(&path_requests);
+    let mut engine_paths = time_lookups(&path_requests.spans, 1, duration, |span, tally| {
+        let request = path_requests.get(span);
+        let info = RequestInfo {
+            host: Some(request.host),
+            path: request.path,
+            query: None,
+            method: &Method::GET,
+            headers: &headers,
+        };
+        routes
+            .route_counted(&info, tally)
+            .matched
+            .map_or(usize::MAX, |matched| matched.route.index)
+    });
+    // The whole compiled route counts, not only its index entries.
+    engine_paths.bytes_per_route = bytes_per_config_route;
+    baselines.push(("valkyrie_paths", engine_paths));
+    drop(matchit);
+
+    // Exact keys: 98% hits, 2% misses.
+    let keys = Requests::new(
+        &(0..MAX_REQUESTS.min(plan.key_entries * 2).max(4096))
+            .map(|_| {
+                let entry = rng.gen_range(0..plan.key_entries.max(1));
+                let key = if rng.gen_range(0..50) == 0 {
+                    format!("unknown-{entry}")
+                } else {
+                    tenant(entry)
+                };
+                BenchRequest {
+                    host: key,
+                    path: String::new(),
+                }
+            })
+            .collect::<Vec<_>>(),
+    );
+    let (brown, brown_bytes) = retained(|| {
+        let mut brown: hashbrown::HashMap<Box<[u8]>, KeyTarget> =
+            hashbrown::HashMap::with_capacity(table.len());
+        for (key, target) in table.iter() {
+            brown.insert(key.into(), target);
+        }
+        brown
+    });
+    let mut figures = time_lookups(&keys.spans, 1, duration, |span, _| {
+        brown
+            .get(keys.get(span).host.as_bytes())
+            .map_or(usize::MAX, KeyTarget::upstream)
+    });
+    figures.bytes_per_route = brown_bytes as f64 / table.len().max(1) as f64;
+    baselines.push(("hashbrown", figures));
+    drop(brown);
+
+    let mut figures = time_lookups(&keys.spans, 1, duration, |span, tally| {
+        table
+            .get_tallied(keys.get(span).host.as_bytes(), tally)
+            .map_or(usize::MAX, |target| target.upstream())
+    });
+    let stats = table.stats();
+    figures.bytes_per_route = stats.heap_bytes as f64 / stats.entries.max(1) as f64;
+    baselines.push(("valkyrie_keys", figures));
+    baselines
+}
+
+/// The state the update benchmark publishes: the key table only, built and
+/// replaced the way the proxy's publisher replaces its key tables.
+struct UpdateState {
+    table: Arc<KeyTable>,
+}
+
+/// Applies `UPDATES` changes through a `Publisher` with the default
+/// batching (10 ms, 10,000 pending), then measures how long a batch of
+/// 10,000 changes takes to become visible. Returns changes per second and
+/// that time in milliseconds.
+fn measure_updates(config: &Config, table: &KeyTable, plan: &Plan) -> Result<(f64, f64), String> {
+    let rcu = Arc::new(Rcu::new(UpdateState {
+        table: Arc::new(table.clone()),
+    }));
+    let names = UpstreamNames::new(config);
+    let settings = PublisherConfig {
+        grace_period: config.routing.lockfree.rcu_grace_period.0,
+        max_pending: config.routing.lockfree.rcu_max_pending_updates,
+    };
+    let apply = move |current: &UpdateState, batch: &[(Vec<u8>, String)]| {
+        let mut table = (*current.table).clone();
+        for (key, upstream) in batch {
+            if let Ok(target) = names.resolve(upstream, None) {
+                table.insert(key, target);
+            }
+        }
+        UpdateState {
+            table: Arc::new(table),
+        }
+    };
+    let publisher = Publisher::spawn(Arc::clone(&rcu), settings, apply)
+        .map_err(|error| format!("cannot start the publisher thread: {error}"))?;
+
+    let changes = |offset: usize, count: usize| {
+        (offset..offset + count).map(move |index| {
+            // Half the changes replace entries, half add new keys.
+            let key = if index % 2 == 0 {
+                tenant(index % plan.key_entries.max(1))
+            } else {
+                format!("new-{index}")
+            };
+            (key.into_bytes(), format!("u{}", index % UPSTREAMS))
+        })
+    };
+    let started = Instant::now();
+    for chunk in 0..UPDATES / 1000 {
+        publisher.submit_all(changes(chunk * 1000, 1000));
+    }
+    publisher.flush();
+    let updates_per_sec = UPDATES as f64 / started.elapsed().as_secs_f64();
+
+    let generation = rcu.generation();
+    let started = Instant::now();
+    publisher.submit_all(changes(UPDATES, VISIBILITY_BATCH));
+    while rcu.generation() == generation {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let visible_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok((updates_per_sec, visible_ms))
+}
+
+/// Runs `build` on a new thread and returns its result with the bytes it
+/// left allocated. The thread's exit returns its allocation cache to
+/// jemalloc, so freed temporaries are not counted. Allocations of other
+/// threads in the meantime are counted, so the figure is an estimate.
+fn retained<T: Send>(build: impl FnOnce() -> T + Send) -> (T, usize) {
+    let before = allocated_bytes();
+    let built =
+        std::thread::scope(|scope| scope.spawn(build).join().expect("the build does not panic"));
+    (built, allocated_bytes().saturating_sub(before))
+}
+
+/// Returns jemalloc's count of bytes allocated by the process.
+fn allocated_bytes() -> usize {
+    use tikv_jemalloc_ctl::{epoch, stats};
+
+    if epoch::advance().is_err() {
+        return 0;
+    }
+    stats::allocated::read().unwrap_or(0)
+}
+
+/// A file in the temporary folder, removed when dropped.
+struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn write(text: &str) -> Result<TempFile, String> {
+        let path = std::env::temp_dir().join(format!(
+            "valkyrie-bench-{}-{}.csv",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        Ok(TempFile { path })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn print_report(report: &Report, json: bool) {
+    let engine = &report.engine;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "routes {} ({} config routes, {} key-table entries), threads {}",
+        report.routes, report.config_routes, report.key_entries, report.threads
+    );
+    let _ = writeln!(out, "snapshot build        {:>12.1} ms", report.build_ms);
+    let _ = writeln!(
+        out,
+        "lookups              {:>12.0} /s ({:.0} /s per thread)",
+        engine.lookups_per_sec, report.lookups_per_sec_per_thread
+    );
+    let _ = writeln!(
+        out,
+        "latency              p50 {} ns, p99 {} ns, p99.9 {} ns (per-lookup clock readings, clock cost subtracted)",
+        engine.p50_ns, engine.p99_ns, engine.p999_ns
+    );
+    let _ = writeln!(
+        out,
+        "memory               {:>12.1} bytes per route ({:.1} per config route, {:.1} per key-table entry)",
+        engine.bytes_per_route, report.bytes_per_config_route, report.bytes_per_key_entry
+    );
+    let _ = writeln!(
+        out,
+        "updates              {:>12.0} /s through the publisher; a 10,000-change batch visible after {:.1} ms",
+        report.updates_per_sec, report.batch_visible_ms
+    );
+    let _ = writeln!(
+        out,
+        "route cache          hit rate {:.3} in the cached pass (valkyrie_cached below)",
+        report.cache_hit_rate
+    );
+    for (name, figures) in &report.baselines {
+        let _ = writeln!(
+            out,
+            "{name:<20} {:>12.0} /s, p50 {} ns, p99 {} ns, {:.1} bytes per route",
+            figures.lookups_per_sec, figures.p50_ns, figures.p99_ns, figures.bytes_per_route
+        );
+    }
+    if json {
+        let baselines: serde_json::Map<String, Value> = report
+            .baselines
+            .iter()
+            .map(|(name, figures)| (name.to_string(), figures.json()))
+            .collect();
+        let mut object = engine.json();
+        object["routes"] = report.routes.into();
+        object["config_routes"] = report.config_routes.into();
+        object["key_entries"] = report.key_entries.into();
+        object["threads"] = report.threads.into();
+        object["lookups_per_sec_per_thread"] = report.lookups_per_sec_per_thread.round().into();
+        object["bytes_per_config_route"] =
+            ((report.bytes_per_config_route * 10.0).round() / 10.0).into();
+        object["bytes_per_key_entry"] = ((report.bytes_per_key_entry * 10.0).round() / 10.0).into();
+        object["build_ms"] = ((report.build_ms * 10.0).round() / 10.0).into();
+        object["updates_per_sec"] = report.updates_per_sec.round().into();
+        object["batch_10k_visible_ms"] = ((report.batch_visible_ms * 100.0).round() / 100.0).into();
+        object["cache_hit_rate"] = ((report.cache_hit_rate * 1000.0).round() / 1000.0).into();
+        object["latency_method"] =
+            "per-lookup Instant readings minus the median empty reading".into();
+        object["baselines"] = Value::Object(baselines);
+        let _ = writeln!(out, "{object}");
+    }
+}

@@ -1,0 +1,72 @@
+//! `valkyrie-routing bench engine` runs on a small route set and prints its
+//! figures as one JSON object on the last line.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_engine_prints_json() {
+    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
+        .args([
+            "bench",
+            "engine",
+            "--routes",
+            "1000",
+            "--threads",
+            "2",
+            "--seconds",
+            "0.02",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().expect("some output");
+    let report: Value = serde_json::from_str(last).unwrap();
+
+    // Hosts get five routes each, so the count rounds up a little.
+    let routes = report["routes"].as_u64().unwrap();
+    assert!((1000..1010).contains(&routes), "{report}");
+    assert_eq!(report["threads"], 2);
+    for field in [
+        "lookups_per_sec",
+        "p50_ns",
+        "p99_ns",
+        "p999_ns",
+        "bytes_per_route",
+        "updates_per_sec",
+        "build_ms",
+    ] {
+        let value = report[field].as_f64();
+        assert!(value.is_some_and(|value| value > 0.0), "{field}: {report}");
+    }
+    assert!(report["p50_ns"].as_u64() <= report["p99_ns"].as_u64());
+    assert!(report["p99_ns"].as_u64() <= report["p999_ns"].as_u64());
+    for name in ["matchit", "hashbrown", "valkyrie_paths", "valkyrie_keys"] {
+        let baseline = &report["baselines"][name];
+        for field in ["lookups_per_sec", "p99_ns", "bytes_per_route"] {
+            let value = baseline[field].as_f64();
+            assert!(
+                value.is_some_and(|value| value > 0.0),
+                "{name}.{field}: {report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bench_engine_rejects_tiny_route_sets() {
+    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
+        .args(["bench", "engine", "--routes", "10"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--routes must be at least 100"));
+}
