@@ -323,8 +323,19 @@ impl Engine {
         });
         drop(publisher);
         let outcome = outcome.await.ok()?;
-        // The reply is sent just before the publish; wait for the swap.
+        // The reply is sent just before the publish; wait for the swap. A
+        // publish that never comes would mean `apply` panicked after
+        // replying, so the wait is bounded.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
         while state.snapshot.load().generation < outcome.generation {
+            if Instant::now() > deadline {
+                warn!(
+                    table,
+                    generation = outcome.generation,
+                    "key-table batch applied but its snapshot was not published within 5 s"
+                );
+                return None;
+            }
             tokio::task::yield_now().await;
         }
         Some(outcome)

@@ -45,6 +45,9 @@ const CHECK_EVERY: usize = 1024;
 const MAX_SAMPLES: usize = 2_000_000;
 /// Key-table changes applied through the publisher.
 const UPDATES: usize = 200_000;
+/// Route decision cache entries in the cached pass: `route_cache_size` of
+/// the sample configs.
+const CACHE_SIZE: usize = 100_000;
 /// Changes submitted at once to measure how soon a batch is visible.
 const VISIBILITY_BATCH: usize = 10_000;
 
@@ -191,10 +194,9 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
     };
     let mut engine = time_lookups(&requests.spans, args.threads, duration, uncached);
 
-    // The same lookups through the route decision cache at its default
-    // size and time to live, filled by a first pass.
-    let routing = &config.routing;
-    let cache = RouteCache::new(routing.route_cache_size, routing.route_cache_ttl.0);
+    // The same lookups through the route decision cache, filled by a first
+    // pass, at the size the sample configs set.
+    let cache = RouteCache::new(CACHE_SIZE, Duration::from_secs(300));
     let now = Instant::now();
     let cached = |span: &Span, tally: &mut FitTally| {
         let cache = Some((&cache, now));

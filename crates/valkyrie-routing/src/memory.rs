@@ -270,11 +270,10 @@ fn close_idle_connections(state: &ProxyState) -> u64 {
     closed
 }
 
-/// Empties the route decision cache.
-///
-/// NOTE: the router has no route decision cache yet, so there is nothing to
-/// empty. Clear the cache here once it exists.
-fn clear_route_cache(_state: &ProxyState) {}
+/// Empties the route decision cache, when `route_cache_size` turns it on.
+fn clear_route_cache(state: &ProxyState) {
+    state.engine.clear_cache();
+}
 
 /// What one shedding pass did.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -481,19 +481,41 @@ async fn reload_rereads_entry_files() {
 }
 
 #[tokio::test]
-async fn cache_warmup_answers() {
+async fn cache_warmup_needs_the_cache() {
     let upstreams = Upstreams::start().await;
     let folder = write_files(&upstreams);
     let router = Router::start(&folder.path().join("valkyrie.toml")).await;
+    let (status, body) = router.post_json("/admin/cache/warmup", &json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "cache_disabled");
+}
+
+#[tokio::test]
+async fn cache_warmup_stores_frequent_keys() {
+    let upstreams = Upstreams::start().await;
+    let folder = write_files(&upstreams);
+    let config = folder.path().join("valkyrie.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[routing]\nroute_cache_size = 1000\nroute_cache_ttl = \"60s\"\n"),
+    )
+    .unwrap();
+    let router = Router::start(&config).await;
     for _ in 0..64 {
-        router.get("/api/x", Some("initech")).await;
+        assert_eq!(router.get("/api/x", Some("initech")).await.0, 200);
     }
     let (status, body) = router
         .post_json("/admin/cache/warmup", &json!({ "limit": 10 }))
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["keys"].as_u64().unwrap() >= 1, "{body}");
-    assert!(body["cache"]["capacity"].as_u64().unwrap() > 0);
+    assert!(body["stored"].as_u64().unwrap() >= 1, "{body}");
+    assert_eq!(body["cache"]["capacity"], 1024, "{body}");
+    assert!(router.metric("valkyrie_cache_hits_total").await >= 63.0);
+    assert!(router.metric("valkyrie_cache_misses_total").await >= 1.0);
+    assert!(router.metric("valkyrie_cache_hit_rate").await > 0.9);
+
     let (status, _) = router
         .post_json("/admin/cache/warmup", &json!({ "limit": "ten" }))
         .await;
