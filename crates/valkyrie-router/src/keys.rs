@@ -2,8 +2,9 @@
 //! parameter) to an upstream, or to one endpoint of it, through a table
 //! that may hold millions of entries.
 //!
-//! A [`KeyTable`] splits its entries into shards by a hash of the key, each
-//! shard a FIT behind an `Arc`. A published table is never changed: an
+//! A [`KeyTable`] splits its entries into shards by a mix of the key's
+//! first and last bytes, each shard a FIT behind an `Arc`. A published
+//! table is never changed: an
 //! update clones the table, which copies only the shard pointers, and then
 //! copies each shard it changes. So a batch of updates costs the shards it
 //! touches, not the whole table.
