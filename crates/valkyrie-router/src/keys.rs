@@ -4,10 +4,9 @@
 //!
 //! A [`KeyTable`] splits its entries into shards by a mix of the key's
 //! first and last bytes, each shard a FIT behind an `Arc`. A published
-//! table is never changed: an
-//! update clones the table, which copies only the shard pointers, and then
-//! copies each shard it changes. So a batch of updates costs the shards it
-//! touches, not the whole table.
+//! table is never changed: an update clones the table, which copies only
+//! the shard pointers, and then copies each shard it changes. So a batch of
+//! updates costs the shards it touches, not the whole table.
 //!
 //! Entry files have one entry per line, `key,upstream` or
 //! `key,upstream,endpoint`; [`parse_entries`] reads them and names the line
