@@ -49,7 +49,7 @@ pub fn open_tunnels() -> usize {
     OPEN_TUNNELS.load(Ordering::Relaxed)
 }
 
-/// What one downstream connection has been doing, for its timeouts.
+/// Activity counters of one downstream connection, read by its timeouts.
 pub struct ConnActivity {
     epoch: Instant,
     in_flight: AtomicU32,
@@ -138,7 +138,7 @@ impl<S: AsyncRead> AsyncRead for ActivityIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         if *this.rejected {
-            // The invalid byte went out already and hyper is answering 400.
+            // The invalid byte went out already, and hyper is sending its 400.
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

@@ -463,7 +463,7 @@ async fn max_connections_closes_extra_connections() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
-/// An upstream that closes each connection right after answering, without
+/// Starts an upstream that closes each connection right after responding, without
 /// saying so in a header, so pooled connections go stale.
 async fn closing_upstream() -> (
     std::net::SocketAddr,
