@@ -1,5 +1,5 @@
-//! The one proxy error type and its mapping to the status and JSON body the
-//! client sees.
+//! The one proxy error type and its mapping to the status and JSON body
+//! returned to the client.
 
 use std::fmt;
 
@@ -8,7 +8,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, ProxyBody};
 
-/// Which side of the proxy a failure came from.
+/// The side of the proxy a failure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Downstream,
@@ -16,7 +16,7 @@ pub enum Side {
     Internal,
 }
 
-/// What went wrong, coarse enough to label a metric with.
+/// The kind of failure, coarse enough to label a metric with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The request was malformed or violated a limit.
@@ -45,7 +45,7 @@ pub enum ErrorKind {
     UpstreamOverloaded,
     /// The client's address is on the deny list.
     Denied,
-    /// The client exceeded a rate limit; `Retry-After` says when to retry.
+    /// The client exceeded a rate limit; `Retry-After` gives the time to wait.
     RateLimited,
     /// The server is shutting down.
     ShuttingDown,
@@ -188,7 +188,7 @@ impl ProxyError {
         self.kind.side()
     }
 
-    /// Builds the response the client sees: the status and a JSON body naming
+    /// Builds the response returned to the client: the status and a JSON body naming
     /// the upstream and the reason.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut body = serde_json::json!({

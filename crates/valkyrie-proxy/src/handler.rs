@@ -38,7 +38,7 @@ pub struct ConnContext {
     pub activity: Arc<ConnActivity>,
 }
 
-/// What the record needs that only the forwarding step learns.
+/// Record fields that only the forwarding step can fill in.
 #[derive(Default)]
 struct Progress {
     route: Option<Arc<str>>,
@@ -691,8 +691,10 @@ fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// Applies the body limit, and for chunked bodies reads the first frame
-/// before anything goes upstream, so a malformed first chunk is answered
-/// with 400 instead of reaching an upstream in part.
+/// before anything goes upstream, so a malformed first chunk gets a 400
+/// response instead of reaching an upstream in part.
+/// NOTE: a malformed later chunk is found while the body streams, so the
+/// upstream sees a request cut short (its connection closed) instead.
 async fn read_request_body(
     incoming: Incoming,
     headers: &HeaderMap,
@@ -750,7 +752,7 @@ fn prepare_upstream_head(
         None
     };
     headers::remove_hop_by_hop(&mut parts.headers);
-    // The proxy answers `Expect: 100-continue` itself when it starts reading the body.
+    // The proxy sends `100 Continue` itself when it starts reading the body.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarding(
         &mut parts.headers,

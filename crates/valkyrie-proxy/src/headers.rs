@@ -62,7 +62,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// What the proxy knows about the connection a request arrived on.
+/// Facts about the connection a request arrived on.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientInfo {
     pub peer: IpAddr,
@@ -117,7 +117,7 @@ pub fn add_forwarding(
     headers.append(header::VIA, via.clone());
 }
 
-/// Returns true when the request asks to switch protocols (WebSocket and
+/// Returns true when the request requests a protocol switch (WebSocket and
 /// other `Upgrade` tunnels).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

@@ -120,7 +120,7 @@ fn inspect(activity: &ConnActivity) -> Verdict {
 
 pin_project_lite::pin_project! {
     /// A socket that counts the bytes read from it and checks the request
-    /// framing before hyper sees the bytes.
+    /// framing before hyper parses them.
     struct ActivityIo<S> {
         #[pin]
         inner: S,
@@ -151,7 +151,7 @@ impl<S: AsyncRead> AsyncRead for ActivityIo<S> {
             if let Some(offset) = this.framer.scan(&buf.filled()[before..]) {
                 // Hand hyper the bytes before the offending line and then a
                 // NUL, which no request head or chunk line may contain, so
-                // hyper's parser fails there and answers 400. The line end
+                // hyper's parser fails there and responds with 400. The line end
                 // after it keeps httparse from waiting for more bytes.
                 buf.set_filled(before + offset);
                 let marker = b"\0\r\n\r\n";
@@ -325,7 +325,7 @@ impl Server {
         })
     }
 
-    /// Stops accepting, asks every connection to finish its requests and
+    /// Stops accepting, tells every connection to finish its requests and
     /// close, and waits up to `timeout` for connections and tunnels to end.
     /// Returns true when everything finished in time.
     pub async fn shutdown(&self, timeout: Duration) -> bool {

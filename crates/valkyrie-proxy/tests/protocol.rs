@@ -67,7 +67,7 @@ async fn chunked_request_streams_before_it_ends() {
         .send(Ok(Bytes::from_static(b"first ")))
         .await
         .unwrap();
-    // The echo upstream answers with the body as it arrives, so the response
+    // The echo upstream responds with the body as it arrives, so the response
     // head comes back while the request body is still open.
     let response = tokio::time::timeout(Duration::from_secs(5), pending)
         .await
@@ -138,7 +138,7 @@ async fn expect_continue_gets_100_then_response() {
     assert!(echo.requests()[0].headers.get("expect").is_none());
 }
 
-/// Starts an upstream that answers with the status named in the path
+/// Starts an upstream that responds with the status named in the path
 /// (`/204`, `/304`) and a body for every other path.
 async fn status_upstream() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -219,7 +219,7 @@ async fn websocket_tunnel_echoes() {
     }
 }
 
-/// Starts an HTTP/2-only upstream that answers like a gRPC server: a data
+/// Starts an HTTP/2-only upstream that responds like a gRPC server: a data
 /// frame and then trailers with `grpc-status`.
 async fn grpc_like_upstream() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

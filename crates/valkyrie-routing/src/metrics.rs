@@ -407,7 +407,7 @@ impl Observer for Metrics {
             self.errors.fetch_add(1, Ordering::Relaxed);
             self.server_errors.fetch_add(1, Ordering::Relaxed);
         }
-        // Requests answered without an upstream (404s, built-ins) add no
+        // Requests served without an upstream (404s, built-ins) add no
         // routing latency worth tracking.
         if record.upstream_time.is_some() {
             let nanos = record.router_added.as_nanos() as u64;

@@ -55,7 +55,7 @@ async fn wait_until_listening(port: u16) {
     }
 }
 
-/// Starts an upstream that answers HTTP requests with "ok" and echoes WebSocket messages.
+/// Starts an upstream that responds to HTTP requests with "ok" and echoes WebSocket messages.
 async fn upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -291,7 +291,7 @@ async fn rollback_returns_to_previous_config() {
         .unwrap();
     assert_eq!(rolled["result"], "ok");
     assert_eq!(rolled["status"]["version"], first["version"]);
-    // The catch-all route answers everything; the variant route's own name
+    // The catch-all route matches every request; the variant route's own name
     // shows in the routes listing.
     let routes: serde_json::Value = client
         .get(url("/admin/routes"))
