@@ -33,7 +33,7 @@ use valkyrie_lockfree::{
 use valkyrie_router::cache::{CacheKey, CacheStats, RouteCache, TopKeys};
 use valkyrie_router::{RequestInfo, RouteMatch};
 
-use crate::keys::{BatchOutcome, KeyBatch, KeyChange};
+use crate::keys::{BatchOutcome, KeyBatch, KeyChange, Replacement};
 use crate::state::{ProxyState, Snapshot, SnapshotStats};
 
 /// Lookups a thread counts before adding them to the shared FIT counters.
@@ -312,6 +312,29 @@ impl Engine {
         table: &str,
         changes: Vec<KeyChange>,
     ) -> Option<BatchOutcome> {
+        self.submit(state, table, changes, None).await
+    }
+
+    /// Queues a whole new table for the loaded table of `replacement`'s
+    /// origin and waits like [`Engine::apply_keys`]. The replacement is
+    /// rejected when a reload replaced that table in between.
+    pub async fn replace_keys(
+        &self,
+        state: &ProxyState,
+        table: &str,
+        replacement: Replacement,
+    ) -> Option<BatchOutcome> {
+        self.submit(state, table, Vec::new(), Some(replacement))
+            .await
+    }
+
+    async fn submit(
+        &self,
+        state: &ProxyState,
+        table: &str,
+        changes: Vec<KeyChange>,
+        replacement: Option<Replacement>,
+    ) -> Option<BatchOutcome> {
         let publisher = lock(&self.publisher)
             .as_ref()
             .map(|(_, publisher)| Arc::clone(publisher))?;
@@ -319,6 +342,7 @@ impl Engine {
         publisher.submit(KeyBatch {
             table: table.to_string(),
             changes,
+            replacement,
             reply: Mutex::new(Some(reply)),
         });
         drop(publisher);

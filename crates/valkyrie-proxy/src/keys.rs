@@ -7,17 +7,25 @@
 //! entries, including the changes made through the admin API since it was
 //! loaded. Any other table is built from its file again, which drops those
 //! changes.
+//!
+//! A table whose source is a Redis hash is never read here: the follower in
+//! [`crate::keysync`] loads it and applies its changes. A snapshot build
+//! keeps such a table when its settings and the upstream layout did not
+//! change. Otherwise it copies the entries of the previous table of the
+//! same hash, resolved again by upstream and endpoint name, or starts the
+//! table empty. The follower then reads the hash again.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::HeaderMap;
-use tracing::info;
+use tracing::{info, warn};
 use valkyrie_config::{Config, KeyTableConfig, TableSource};
 use valkyrie_lockfree::{FitCounters, FitTally};
 use valkyrie_router::keys::{
-    build_table, parse_entries, KeySpec, KeyTable, Resolution, TableSizing, UpstreamNames,
+    build_table, parse_entries, KeySpec, KeyTable, KeyTarget, Resolution, TableSizing,
+    UpstreamNames,
 };
 
 use crate::error::{ErrorKind, ProxyError};
@@ -44,7 +52,7 @@ pub struct TableOrigin {
     content_hash: u64,
     /// Hash of every upstream's name and endpoint addresses, which entries
     /// refer to by position.
-    layout: u64,
+    pub layout: u64,
     /// Entries read from the file.
     pub file_entries: usize,
 }
@@ -79,11 +87,16 @@ pub fn load_tables(
         };
         let file = match &table_config.source {
             TableSource::File(file) => file,
-            TableSource::RedisHash(_) => {
-                return Err(error(
-                    "redis_hash key tables are not supported yet; load the entries from a file with source = { file = \"FILE\" }"
-                        .to_string(),
-                ));
+            TableSource::RedisHash(hash) => {
+                let redis = RedisTable {
+                    config: table_config,
+                    hash,
+                    spec,
+                    default,
+                    layout,
+                };
+                tables.push(redis.build(previous, &names, sizing, counters));
+                continue;
             }
         };
         let path = resolve_path(base_dir, file);
@@ -128,6 +141,88 @@ pub fn load_tables(
     Ok(tables)
 }
 
+/// A table loaded from a Redis hash, with what a snapshot build needs to
+/// keep or rebuild it.
+struct RedisTable<'c> {
+    config: &'c KeyTableConfig,
+    hash: &'c str,
+    spec: KeySpec,
+    default: Option<KeyTarget>,
+    layout: u64,
+}
+
+impl RedisTable<'_> {
+    /// Keeps the previous table when nothing it depends on changed, carries
+    /// the entries of the previous table of the same hash over otherwise,
+    /// and starts empty when there is none.
+    fn build(
+        self,
+        previous: Option<&Snapshot>,
+        names: &UpstreamNames,
+        sizing: TableSizing,
+        counters: &Arc<FitCounters>,
+    ) -> LoadedTable {
+        let kept = previous.and_then(|previous| {
+            previous.key_tables.iter().find(|loaded| {
+                loaded.origin.config == *self.config && loaded.origin.layout == self.layout
+            })
+        });
+        if let Some(kept) = kept {
+            return kept.clone();
+        }
+        let name = &self.config.name;
+        let source = previous.and_then(|previous| {
+            let loaded = previous.key_tables.iter().find(|loaded| {
+                matches!(&loaded.origin.config.source, TableSource::RedisHash(hash) if hash == self.hash)
+            })?;
+            Some((previous, loaded))
+        });
+        let entries = source.map_or(0, |(_, loaded)| loaded.table.len());
+        let mut table = KeyTable::new(name, self.spec, self.default, entries, sizing, counters);
+        if let Some((previous, loaded)) = source {
+            let mut dropped = 0usize;
+            for (key, target) in loaded.table.iter() {
+                match rename_target(&previous.config, target, names) {
+                    Some(target) => {
+                        table.insert(key, target);
+                    }
+                    None => dropped += 1,
+                }
+            }
+            table.shrink_to_fit();
+            if dropped > 0 {
+                warn!(
+                    table = %name,
+                    hash = self.hash,
+                    dropped,
+                    "key-table entries name upstreams or endpoints that the new configuration removed; they are dropped until Redis is read again"
+                );
+            }
+        }
+        LoadedTable {
+            table: Arc::new(table),
+            origin: Arc::new(TableOrigin {
+                config: self.config.clone(),
+                path: PathBuf::new(),
+                content_hash: 0,
+                layout: self.layout,
+                file_entries: 0,
+            }),
+        }
+    }
+}
+
+/// Resolves a target of `old` by its upstream name and endpoint address
+/// in the layout of `names`.
+fn rename_target(old: &Config, target: KeyTarget, names: &UpstreamNames) -> Option<KeyTarget> {
+    let upstream = old.upstreams.get(target.upstream())?;
+    let endpoint = match target.endpoint() {
+        Some(index) => Some(upstream.endpoints.get(index)?.address()),
+        None => None,
+    };
+    names.resolve(&upstream.name, endpoint).ok()
+}
+
 fn resolve_path(base_dir: Option<&Path>, file: &str) -> PathBuf {
     let path = Path::new(file);
     match base_dir {
@@ -142,7 +237,9 @@ fn hash_of(value: impl Hash) -> u64 {
     hasher.finish()
 }
 
-fn upstream_layout(config: &Config) -> u64 {
+/// Hashes every upstream's name and endpoint addresses, which key-table
+/// targets refer to by position.
+pub fn upstream_layout(config: &Config) -> u64 {
     let mut hasher = DefaultHasher::new();
     for upstream in &config.upstreams {
         upstream.name.hash(&mut hasher);
@@ -233,11 +330,25 @@ pub struct KeyChange {
     pub target: Option<(String, Option<String>)>,
 }
 
-/// The changes of one admin request to one table, applied in one snapshot.
+/// A whole new table for the loaded table of `origin`, built from its Redis
+/// hash in the upstream layout `layout`.
+#[derive(Debug)]
+pub struct Replacement {
+    pub origin: Arc<TableOrigin>,
+    pub layout: u64,
+    /// Taken out when the batch is applied; the publisher hands batches out
+    /// by shared reference.
+    pub table: std::sync::Mutex<Option<KeyTable>>,
+}
+
+/// The changes of one admin request or Redis message to one table, applied
+/// in one snapshot.
 #[derive(Debug)]
 pub struct KeyBatch {
     pub table: String,
     pub changes: Vec<KeyChange>,
+    /// Replaces every entry before `changes` apply.
+    pub replacement: Option<Replacement>,
     /// Receives the outcome once the batch is applied. The publisher hands
     /// batches out by shared reference, hence the mutex around the
     /// one-shot sender.
@@ -308,6 +419,29 @@ fn apply_batch(
         ));
         return outcome;
     };
+    if let Some(replacement) = &batch.replacement {
+        let table = replacement
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        match table {
+            Some(table)
+                if Arc::ptr_eq(&loaded.origin, &replacement.origin)
+                    && loaded.origin.layout == replacement.layout =>
+            {
+                outcome.upserted += table.len();
+                loaded.table = Arc::new(table);
+            }
+            _ => {
+                outcome.rejected.push(format!(
+                    "key table `{}` was reloaded while its entries were read; they are read again",
+                    batch.table
+                ));
+                return outcome;
+            }
+        }
+    }
     let table = Arc::make_mut(&mut loaded.table);
     for change in &batch.changes {
         match &change.target {

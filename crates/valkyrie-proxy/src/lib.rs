@@ -10,6 +10,7 @@ mod handler;
 pub mod headers;
 pub mod health;
 pub mod keys;
+pub mod keysync;
 pub mod limits;
 pub mod net;
 pub mod pool;

@@ -313,6 +313,8 @@ pub struct ProxyState {
     pub concurrency: Arc<crate::limits::ConcurrencyLimiter>,
     /// `[security] deny_list` plus the admin API's changes.
     pub deny_list: crate::limits::DenyList,
+    /// Follows key tables kept in Redis; see [`crate::keysync`].
+    pub key_sync: crate::keysync::KeySync,
 }
 
 impl ProxyState {
@@ -337,6 +339,7 @@ impl ProxyState {
             rate_limiter,
             concurrency,
             deny_list,
+            key_sync: crate::keysync::KeySync::default(),
         }
     }
 

@@ -113,9 +113,9 @@ pub fn health(control: &Control) -> Response<ProxyBody> {
     json_response(code, &body)
 }
 
-/// `GET /ready`: 200 once routes and upstreams are loaded and every
-/// upstream with active health checks has finished its first round; 503
-/// before that and while draining.
+/// `GET /ready`: 200 once routes and upstreams are loaded, every upstream
+/// with active health checks has finished its first round, and every key
+/// table kept in Redis was read once; 503 before that and while draining.
 fn ready(control: &Control) -> Response<ProxyBody> {
     let snapshot = control.state().snapshot.load();
     let unchecked: Vec<&str> = snapshot
@@ -124,7 +124,8 @@ fn ready(control: &Control) -> Response<ProxyBody> {
         .filter(|upstream| !upstream.health_known())
         .map(|upstream| &*upstream.name)
         .collect();
-    if control.is_ready() && unchecked.is_empty() {
+    let key_tables_loading = control.state().key_sync.first_load_pending();
+    if control.is_ready() && unchecked.is_empty() && key_tables_loading.is_empty() {
         json_response(
             StatusCode::OK,
             &json!({
@@ -136,14 +137,19 @@ fn ready(control: &Control) -> Response<ProxyBody> {
     } else {
         let reason = if control.state().is_draining() {
             "draining"
-        } else if control.is_ready() {
+        } else if control.is_ready() && !unchecked.is_empty() {
             "checking_upstream_health"
+        } else if control.is_ready() {
+            "loading_key_tables"
         } else {
             "starting"
         };
         let mut body = json!({ "status": reason });
         if !unchecked.is_empty() {
             body["upstreams_without_health"] = json!(unchecked);
+        }
+        if !key_tables_loading.is_empty() {
+            body["key_tables_not_loaded"] = json!(key_tables_loading);
         }
         json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
     }

@@ -30,6 +30,45 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run a benchmark and print its figures.
     Bench(BenchArgs),
+    /// Change a key table kept in Redis: write the hash and publish the
+    /// changed keys, so that every router applies them.
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Redis URL to write to, instead of the config's `[redis] url`.
+    #[arg(long, value_name = "URL", global = true)]
+    pub redis_url: Option<String>,
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Point KEY at TARGET ("upstream" or "upstream,endpoint").
+    Set {
+        /// Name of a `[[key_tables]]` entry whose source is a Redis hash.
+        table: String,
+        key: String,
+        target: String,
+    },
+    /// Remove keys, so that their requests take the table's default.
+    Delete {
+        /// Name of a `[[key_tables]]` entry whose source is a Redis hash.
+        table: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Write every `key,upstream[,endpoint]` line of FILE.
+    Import {
+        /// Name of a `[[key_tables]]` entry whose source is a Redis hash.
+        table: String,
+        file: PathBuf,
+        /// Also delete the keys of the hash that FILE does not list.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::info;
+use valkyrie_config::TableSource;
 use valkyrie_proxy::body::ProxyBody;
 use valkyrie_proxy::error::json_response;
 use valkyrie_proxy::keys::{parse_target, KeyChange, LoadedTable};
@@ -71,8 +72,18 @@ pub async fn change_keys(control: &Control, body: &Bytes) -> Response<ProxyBody>
     };
     let state = control.state();
     let snapshot = state.snapshot.load_full();
-    if find_table(&snapshot, &change.table).is_none() {
+    let Some(loaded) = find_table(&snapshot, &change.table) else {
         return unknown_table(&change.table);
+    };
+    if let TableSource::RedisHash(hash) = &loaded.origin.config.source {
+        return error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "key table `{}` reads Redis hash `{hash}`, and a change made here would be lost at its next read; change the hash instead, with `valkyrie-routing keys set {} KEY TARGET` or HSET followed by PUBLISH {hash} KEY",
+                change.table, change.table
+            ),
+        );
     }
     let changes = match validate(&snapshot, &change) {
         Ok(changes) => changes,
@@ -266,7 +277,14 @@ fn describe(snapshot: &Snapshot, loaded: &LoadedTable) -> Value {
         "table": &**loaded.table.name(),
         "key": loaded.table.spec().to_string(),
         "entries": stats.entries,
-        "file": loaded.origin.path.display().to_string(),
+        "source": match &loaded.origin.config.source {
+            TableSource::File(_) => json!({ "file": loaded.origin.path.display().to_string() }),
+            TableSource::RedisHash(hash) => json!({ "redis_hash": hash }),
+        },
+        "file": match &loaded.origin.config.source {
+            TableSource::File(_) => Some(loaded.origin.path.display().to_string()),
+            TableSource::RedisHash(_) => None,
+        },
         "file_entries": loaded.origin.file_entries,
         "default_upstream": loaded
             .table

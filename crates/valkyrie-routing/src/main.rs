@@ -8,6 +8,7 @@ mod checks;
 mod cli;
 mod demo;
 mod engine_admin;
+mod keys_cli;
 mod logging;
 mod memory;
 mod metrics;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Some(cli::Command::Bench(args)) => match args.target {
             cli::BenchTarget::Engine(args) => bench::run(&args),
         },
+        Some(cli::Command::Keys(args)) => keys_cli::run(&cli.config, args),
         None => {
             if let Some(path) = &cli.validate_config {
                 return cli::validate_config(path);

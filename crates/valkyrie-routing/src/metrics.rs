@@ -58,6 +58,11 @@ pub const ACTIVE_ROUTES: &str = "valkyrie_active_routes";
 pub const RATE_LIMIT_REJECTED: &str = "valkyrie_rate_limit_rejected";
 pub const RATE_LIMIT_REDIS_FALLBACK: &str = "valkyrie_rate_limit_redis_fallback";
 pub const RATE_LIMIT_REDIS_UP: &str = "valkyrie_rate_limit_redis_up";
+pub const KEY_TABLE_REDIS_FOLLOWING: &str = "valkyrie_key_table_redis_following";
+pub const KEY_TABLE_REDIS_UP: &str = "valkyrie_key_table_redis_up";
+pub const KEY_TABLE_REDIS_CHANGES: &str = "valkyrie_key_table_redis_changes";
+pub const KEY_TABLE_REDIS_LOADS: &str = "valkyrie_key_table_redis_loads";
+pub const KEY_TABLE_REDIS_INVALID: &str = "valkyrie_key_table_redis_invalid";
 pub const MEMORY_USAGE: &str = "valkyrie_memory_usage_bytes";
 pub const MEMORY_LIMIT_EXCEEDED: &str = "valkyrie_memory_limit_exceeded";
 pub const MEMORY_LIMIT_EVENTS: &str = "valkyrie_memory_limit_events";
@@ -122,6 +127,11 @@ pub struct Metrics {
     rate_limit_rejected: Family<[(&'static str, String); 1], Counter>,
     rate_limit_redis_fallback: Counter,
     rate_limit_redis_up: Gauge,
+    key_table_redis_following: Gauge,
+    key_table_redis_up: Gauge,
+    key_table_redis_changes: Counter,
+    key_table_redis_loads: Counter,
+    key_table_redis_invalid: Counter,
     memory_usage: Gauge,
     memory_limit_exceeded: Gauge,
     memory_limit_events: Counter,
@@ -173,6 +183,11 @@ impl Metrics {
             rate_limit_rejected: Family::default(),
             rate_limit_redis_fallback: Counter::default(),
             rate_limit_redis_up: Gauge::default(),
+            key_table_redis_following: Gauge::default(),
+            key_table_redis_up: Gauge::default(),
+            key_table_redis_changes: Counter::default(),
+            key_table_redis_loads: Counter::default(),
+            key_table_redis_invalid: Counter::default(),
             memory_usage: Gauge::default(),
             memory_limit_exceeded: Gauge::default(),
             memory_limit_events: Counter::default(),
@@ -313,6 +328,31 @@ impl Metrics {
             RATE_LIMIT_REDIS_UP,
             "1 while the Redis rate-limit backend is reachable; 0 while it is not, or when rate limits do not use Redis",
             metrics.rate_limit_redis_up.clone(),
+        );
+        registry.register(
+            KEY_TABLE_REDIS_FOLLOWING,
+            "1 while some key table reads its entries from a Redis hash, else 0",
+            metrics.key_table_redis_following.clone(),
+        );
+        registry.register(
+            KEY_TABLE_REDIS_UP,
+            "1 while the key tables that read Redis are connected and subscribed; 0 while Redis is unreachable or no table reads it",
+            metrics.key_table_redis_up.clone(),
+        );
+        registry.register(
+            KEY_TABLE_REDIS_CHANGES,
+            "Key-table keys changed by Redis change messages",
+            metrics.key_table_redis_changes.clone(),
+        );
+        registry.register(
+            KEY_TABLE_REDIS_LOADS,
+            "Times a key table was read in full from its Redis hash",
+            metrics.key_table_redis_loads.clone(),
+        );
+        registry.register(
+            KEY_TABLE_REDIS_INVALID,
+            "Key-table entries in Redis skipped because they were invalid",
+            metrics.key_table_redis_invalid.clone(),
         );
         registry.register(
             MEMORY_USAGE,
@@ -650,6 +690,20 @@ fn refresh_components(control: &Control) {
     metrics
         .rate_limit_redis_up
         .set(i64::from(limiter.redis_up() == Some(true)));
+
+    let sync = state.key_sync.status();
+    metrics
+        .key_table_redis_following
+        .set(i64::from(sync.following));
+    metrics
+        .key_table_redis_up
+        .set(i64::from(sync.following && sync.up));
+    let catch_up = |counter: &Counter, value: u64| {
+        counter.inc_by(value.saturating_sub(counter.get()));
+    };
+    catch_up(&metrics.key_table_redis_changes, sync.changes);
+    catch_up(&metrics.key_table_redis_loads, sync.loads);
+    catch_up(&metrics.key_table_redis_invalid, sync.invalid);
 
     // Every route gets a rate-limit sample, zero until a limit rejects a request.
     for route in snapshot.routes.routes() {

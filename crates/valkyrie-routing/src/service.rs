@@ -232,6 +232,7 @@ impl Control {
             .map_err(|error| error.to_string())?;
         let allow = CidrSet::parse(config.admin.allow.iter().map(String::as_str))?;
         let generation = state.publish(snapshot);
+        state.key_sync.follow(state);
         self.admin_allow.store(Arc::new(allow));
         self.metrics.set_budget(config.routing.performance_budget.0);
         let mut status = self.status.lock().unwrap();
@@ -387,6 +388,30 @@ fn bind_all(addresses: &[String], what: &str) -> Result<Vec<tokio::net::TcpListe
     Ok(listeners)
 }
 
+/// Maximum wait at start for the first read of the key tables kept in
+/// Redis; after it the listeners open without their entries.
+const FIRST_KEY_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts following the key tables kept in Redis and waits a little for
+/// their first read, so that the first requests find their entries. Without
+/// Redis the router starts anyway: those tables are empty and `/ready`
+/// returns 503 until they are read.
+async fn follow_redis_tables(state: &Arc<valkyrie_proxy::ProxyState>) {
+    state.key_sync.follow(state);
+    if !state.key_sync.status().following {
+        return;
+    }
+    if !state.key_sync.wait_first_load(FIRST_KEY_LOAD_WAIT).await {
+        let pending = state.key_sync.first_load_pending();
+        let error = state.key_sync.status().last_error.unwrap_or_default();
+        warn!(
+            tables = ?pending,
+            %error,
+            "key tables kept in Redis were not read within 5 s; starting without their entries, and /ready answers 503 until they are read"
+        );
+    }
+}
+
 /// Builds the first snapshot, binds every listener and starts serving.
 pub async fn start(
     config: Config,
@@ -451,6 +476,7 @@ pub async fn start(
     let state = Arc::new(state);
     let _ = control.state.set(state.clone());
     let server = Server::new(state.clone());
+    follow_redis_tables(&state).await;
 
     let data_listeners = bind_all(&config.server.listen, "[server] listen")?;
     let tls_listeners = match &tls {

@@ -1,0 +1,213 @@
+//! `valkyrie-routing keys set|delete|import`: writes a key table kept in a
+//! Redis hash the way every router expects, each change followed by a
+//! message naming the changed keys (see `valkyrie_proxy::keysync`).
+//!
+//! Every target is checked against the upstreams of the config before
+//! anything is written, so a typo fails here instead of being skipped by
+//! every router.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::ExitCode;
+
+use valkyrie_config::{Config, TableSource};
+use valkyrie_proxy::keys::parse_target;
+use valkyrie_proxy::keysync;
+use valkyrie_router::keys::{parse_entries, UpstreamNames};
+
+use crate::cli::{KeysAction, KeysArgs};
+
+/// Invalid lines listed before the rest are only counted.
+const LISTED_ERRORS: usize = 20;
+
+/// Runs a `keys` subcommand and returns the exit code.
+pub fn run(config_path: &Path, args: KeysArgs) -> ExitCode {
+    match execute(config_path, args) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The Redis hash behind a key table, and where to write it.
+struct Target {
+    table: String,
+    hash: String,
+    url: String,
+    names: UpstreamNames,
+}
+
+fn execute(config_path: &Path, args: KeysArgs) -> Result<String, String> {
+    let config = crate::cli::load_checked(config_path).map_err(|errors| {
+        format!("{errors}\nthe keys commands read the router's config for the table's hash and upstreams; give it with --config FILE")
+    })?;
+    let table = match &args.action {
+        KeysAction::Set { table, .. }
+        | KeysAction::Delete { table, .. }
+        | KeysAction::Import { table, .. } => table.clone(),
+    };
+    let target = find_target(&config, config_path, &table, args.redis_url.as_deref())?;
+    match args.action {
+        KeysAction::Set {
+            key, target: value, ..
+        } => set(&target, &key, &value),
+        KeysAction::Delete { keys, .. } => delete(&target, &keys),
+        KeysAction::Import { file, replace, .. } => import(&target, &file, replace),
+    }
+}
+
+fn find_target(
+    config: &Config,
+    config_path: &Path,
+    table: &str,
+    redis_url: Option<&str>,
+) -> Result<Target, String> {
+    let Some(table_config) = config.key_tables.iter().find(|entry| entry.name == table) else {
+        let names: Vec<&str> = config
+            .key_tables
+            .iter()
+            .map(|entry| entry.name.as_str())
+            .collect();
+        return Err(format!(
+            "{} has no key table `{table}`; its key tables are: {}",
+            config_path.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+    };
+    let hash = match &table_config.source {
+        TableSource::RedisHash(hash) => hash.clone(),
+        TableSource::File(file) => {
+            return Err(format!(
+                "key table `{table}` reads file `{file}`, not Redis; edit the file and reload, or use POST /admin/keys"
+            ))
+        }
+    };
+    let url = redis_url
+        .map(str::to_string)
+        .or_else(|| config.redis.as_ref().map(|redis| redis.url.clone()))
+        .unwrap_or_else(|| keysync::DEFAULT_URL.to_string());
+    Ok(Target {
+        table: table.to_string(),
+        hash,
+        url,
+        names: UpstreamNames::new(config),
+    })
+}
+
+/// Checks a key and a target and returns the value stored in the hash.
+fn checked_value(target: &Target, key: &str, value: &str) -> Result<String, String> {
+    keysync::check_key(key.as_bytes())?;
+    let (upstream, endpoint) = parse_target(value)?;
+    target
+        .names
+        .resolve(&upstream, endpoint.as_deref())
+        .map_err(|problem| format!("key `{key}`: {problem}"))?;
+    Ok(match endpoint {
+        Some(endpoint) => format!("{upstream},{endpoint}"),
+        None => upstream,
+    })
+}
+
+fn set(target: &Target, key: &str, value: &str) -> Result<String, String> {
+    let value = checked_value(target, key, value)?;
+    let mut connection = keysync::connect(&target.url)?;
+    keysync::write_changes(
+        &mut connection,
+        &target.hash,
+        &[(key.to_string(), value.clone())],
+        &[],
+    )
+    .map_err(|error| redis_failed(target, &error))?;
+    Ok(format!(
+        "key table `{}`: set `{key}` to `{value}` in Redis hash `{}` and published the change",
+        target.table, target.hash
+    ))
+}
+
+fn delete(target: &Target, keys: &[String]) -> Result<String, String> {
+    for key in keys {
+        keysync::check_key(key.as_bytes())?;
+    }
+    let mut connection = keysync::connect(&target.url)?;
+    keysync::write_changes(&mut connection, &target.hash, &[], keys)
+        .map_err(|error| redis_failed(target, &error))?;
+    Ok(format!(
+        "key table `{}`: deleted {} key(s) from Redis hash `{}` and published the change",
+        target.table,
+        keys.len(),
+        target.hash
+    ))
+}
+
+fn import(target: &Target, file: &Path, replace: bool) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+    let lines = parse_entries(&text).map_err(|error| format!("{}: {error}", file.display()))?;
+    let mut problems = Vec::new();
+    let mut upserts = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let value = match line.endpoint {
+            Some(endpoint) => format!("{},{endpoint}", line.upstream),
+            None => line.upstream.to_string(),
+        };
+        match checked_value(target, line.key, &value) {
+            Ok(value) => upserts.push((line.key.to_string(), value)),
+            Err(problem) => problems.push(format!("{}:{}: {problem}", file.display(), line.line)),
+        }
+    }
+    if !problems.is_empty() {
+        let count = problems.len();
+        let mut message: Vec<String> = problems.into_iter().take(LISTED_ERRORS).collect();
+        if count > LISTED_ERRORS {
+            message.push(format!("... and {} more", count - LISTED_ERRORS));
+        }
+        return Err(format!(
+            "{count} invalid line(s); nothing was written:\n{}",
+            message.join("\n")
+        ));
+    }
+    let mut connection = keysync::connect(&target.url)?;
+    let mut deletes = Vec::new();
+    if replace {
+        let listed: HashSet<&str> = upserts.iter().map(|(key, _)| key.as_str()).collect();
+        deletes = keysync::hash_keys(&mut connection, &target.hash)
+            .map_err(|error| redis_failed(target, &error))?
+            .into_iter()
+            .filter(|key| !listed.contains(key.as_str()))
+            .collect();
+    }
+    let messages = keysync::write_changes(&mut connection, &target.hash, &upserts, &deletes)
+        .map_err(|error| redis_failed(target, &error))?;
+    let mut summary = format!(
+        "key table `{}`: wrote {} entries from {} to Redis hash `{}`",
+        target.table,
+        upserts.len(),
+        file.display(),
+        target.hash
+    );
+    if replace {
+        summary.push_str(&format!(
+            ", deleted {} key(s) the file does not list",
+            deletes.len()
+        ));
+    }
+    summary.push_str(&format!(", and published {messages} change message(s)"));
+    Ok(summary)
+}
+
+fn redis_failed(target: &Target, error: &impl std::fmt::Display) -> String {
+    format!(
+        "writing Redis hash `{}` at {} failed: {error}; changes already published stay applied, so run the command again",
+        target.hash,
+        keysync::display_address(&target.url)
+    )
+}
