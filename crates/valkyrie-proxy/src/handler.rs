@@ -232,6 +232,7 @@ async fn proxy(
         ));
     }
     check_framing(&request)?;
+    check_authority(&request)?;
 
     // Held until the request ends, so it finishes on this snapshot.
     let snapshot = crate::engine::pin(&context.state);
@@ -686,6 +687,27 @@ fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
                 "the request has conflicting Content-Length values",
             ));
         }
+    }
+    Ok(())
+}
+
+/// Rejects an authority with userinfo (`user@host`), in the URI or in
+/// `Host`. HTTP URIs may not carry userinfo (RFC 9110, section 4.2.4), and
+/// routing on the host part alone would hide credentials in access logs.
+fn check_authority<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let in_uri = request
+        .uri()
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'));
+    let in_host = request
+        .headers()
+        .get(header::HOST)
+        .is_some_and(|value| value.as_bytes().contains(&b'@'));
+    if in_uri || in_host {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "the request's authority contains userinfo (`user@`), which HTTP does not allow; send the host without it",
+        ));
     }
     Ok(())
 }

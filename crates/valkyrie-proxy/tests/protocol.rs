@@ -355,6 +355,34 @@ async fn malformed_requests_rejected_before_upstream() {
     );
 }
 
+/// An authority with userinfo gets 400 and never reaches the upstream,
+/// in absolute form and in `Host`.
+#[tokio::test]
+async fn userinfo_in_authority_rejected() {
+    let alpha = upstream("alpha", Behavior::Name).await;
+    let router = router(&single_upstream(alpha.address, "")).await;
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "absolute form",
+            b"GET http://user:secret@t/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "host header",
+            b"GET / HTTP/1.1\r\nHost: user@t\r\nConnection: close\r\n\r\n",
+        ),
+    ];
+    for (name, bytes) in cases {
+        let (text, _) = raw_exchange(router.address, bytes, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{name}: got {text:?}");
+        assert!(text.contains("userinfo"), "{name}: got {text:?}");
+    }
+    assert_eq!(
+        alpha.request_count(),
+        0,
+        "a request with userinfo reached the upstream"
+    );
+}
+
 #[tokio::test]
 async fn oversized_header_gets_431() {
     let alpha = upstream("alpha", Behavior::Name).await;
