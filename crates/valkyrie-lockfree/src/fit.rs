@@ -2,28 +2,35 @@
 //! keyed by byte strings.
 //!
 //! Slots are arranged in groups of seven. The tags of a group (16-bit
-//! fingerprints from the hash, or 0 for an empty slot) and the group's
-//! overflow count (see below) fill one 16-byte tag group, four to a cache
-//! line, in an array of their own. The key lengths and offsets into one
-//! shared key arena fill a 64-byte metadata group in a second array. A lookup
-//! compares the seven tags at once with SSE2 and touches metadata and key
-//! bytes only for a tag match. With 16-bit tags a miss almost never leaves
-//! the compact tag array (2.3 bytes per slot), which stays in cache far
-//! longer than the rest of the table. A lookup also prefetches the metadata group while it compares
-//! tags, so a hit waits for about two memory accesses in a row: metadata,
-//! then key bytes. Values live in a third array indexed by slot, which the
-//! CPU loads while it compares the key bytes.
+//! fingerprints from the hash, or 0 for an empty slot) and its overflow
+//! filter (see below) fill one 16-byte tag group, four to a cache line, in
+//! an array of their own. Each slot also has 8 bytes in a second array: its
+//! key length and the position of its record. A record holds the value
+//! followed by the key bytes, in one arena of 8-byte words. A lookup
+//! compares the seven tags at once with SSE2 while the CPU prefetches the
+//! group's slots, and reads a record only for a tag match with the right
+//! key length. The record yields both the key to compare and the value. So
+//! a hit waits for about two memory accesses in a row (tags and slots, then
+//! the record), where a hash map that stores a pointer to a separately
+//! allocated key waits for three. A miss almost never leaves the compact
+//! tag array (2.3 bytes per slot), which stays in the CPU caches far longer
+//! than the rest of the table.
 //!
 //! The group count is prime, so the table stays close to its configured load
 //! factor. The home group is the high half of the 64x64-bit product of the
 //! hash and the group count, and the tag comes from the low 16 bits of the
 //! hash, which the home group does not depend on. An insert that finds its
 //! home group full probes further groups by double hashing (a per-key step
-//! taken from other hash bits) and adds one to the overflow count of every
-//! group it passes. A lookup stops at the first group whose overflow count
-//! is 0, so a miss usually reads one tag group even at high load. A remove
-//! empties its slot and decrements the counts again, so the table needs no
-//! tombstones.
+//! taken from other hash bits). Every full group it passes counts one more
+//! overflow and sets the key's bit in the group's 16-bit overflow filter. A lookup
+//! stops at the first group where its own filter bit is clear, so a miss
+//! usually reads one group even at high load. A remove empties its slot and
+//! decrements the counts again (clearing a filter whose count reaches 0),
+//! so the table needs no tombstones. The removed record stays in the arena
+//! as dead space until a rebuild compacts the arena.
+//!
+//! Values are `Copy` with an alignment of at most 8 bytes, so records can be
+//! copied as plain words, which makes cloning a table two `memcpy` calls.
 //!
 //! Keys are compared byte for byte. Host names are case-insensitive, so the
 //! caller lowercases them (for example with [`<[u8]>::to_ascii_lowercase`] or
@@ -36,16 +43,18 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of, MaybeUninit};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-/// Lanes of a tag group: seven slots and the overflow count.
+/// Lanes of the tag array of a group: seven slots and the overflow filter.
 const LANES: usize = 8;
 /// Slots per group: every lane but the last.
 const GROUP_WIDTH: usize = LANES - 1;
-/// Lane of a tag group that stores the overflow count.
+/// Lane of the tag array that stores the overflow filter.
 const OVERFLOW_LANE: usize = LANES - 1;
 /// Mask of the slot lanes in a tag match.
 const SLOT_LANES: u32 = (1 << GROUP_WIDTH) - 1;
@@ -53,34 +62,35 @@ const SLOT_LANES: u32 = (1 << GROUP_WIDTH) - 1;
 const EMPTY: u16 = 0;
 /// Smallest tag of a stored key.
 const MIN_TAG: u16 = 1;
+/// Bytes per arena word; records start on a word boundary.
+const WORD: usize = size_of::<u64>();
 /// Maximum key length in bytes, set by the 16-bit length field of a slot.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// Maximum configurable load factor. At least one slot in 16 stays empty so
 /// that an insert finds a free slot within a few groups.
 pub const MAX_LOAD_FACTOR: f64 = 0.9375;
 
-/// Tags of seven slots and the overflow count: the number of stored keys
-/// whose probe passed this group, saturating at `u16::MAX` (a saturated
-/// count is never decremented, which only makes lookups probe further).
+/// Tags of seven slots and the overflow filter of a group.
+///
+/// The overflow filter, in the last lane, has bit `overflow_bit(hash)` set
+/// for every stored key whose probe passed this group, so a lookup whose
+/// bit is clear stops here without probing further. `Fit::overflow` counts
+/// those keys. The filter is cleared when the count drops to 0, and until
+/// then bits of removed keys stay set, which only makes some lookups probe
+/// further.
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
 struct TagGroup {
     tags: [u16; LANES],
 }
 
-/// Key lengths and key-arena offsets of the seven slots of a group.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct MetaGroup {
-    key_offsets: [u32; GROUP_WIDTH],
-    key_lens: [u16; GROUP_WIDTH],
-}
-
-impl MetaGroup {
-    const EMPTY: MetaGroup = MetaGroup {
-        key_offsets: [0; GROUP_WIDTH],
-        key_lens: [0; GROUP_WIDTH],
-    };
+/// Where the key and value of an occupied slot are.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Slot {
+    /// Arena word where the record starts.
+    record: u32,
+    key_len: u16,
 }
 
 impl TagGroup {
@@ -88,19 +98,15 @@ impl TagGroup {
         tags: [EMPTY; LANES],
     };
 
+    /// Returns true if a key with this hash may have been placed past this
+    /// group.
     #[inline(always)]
-    fn overflow(&self) -> u16 {
-        self.tags[OVERFLOW_LANE]
+    fn may_overflow(&self, hash: u64) -> bool {
+        self.tags[OVERFLOW_LANE] & overflow_bit(hash) != 0
     }
 
-    fn add_overflow(&mut self) {
-        self.tags[OVERFLOW_LANE] = self.tags[OVERFLOW_LANE].saturating_add(1);
-    }
-
-    fn remove_overflow(&mut self) {
-        if self.tags[OVERFLOW_LANE] != u16::MAX {
-            self.tags[OVERFLOW_LANE] -= 1;
-        }
+    fn add_overflow(&mut self, hash: u64) {
+        self.tags[OVERFLOW_LANE] |= overflow_bit(hash);
     }
 
     /// Returns a bit mask with bit `i` set where slot `i` has tag `tag`.
@@ -216,27 +222,35 @@ pub struct FitStats {
     pub slots: usize,
     /// `len / slots`.
     pub load_factor: f64,
-    /// Bytes in the key arena, including bytes of removed keys.
-    pub key_arena_bytes: usize,
-    /// Bytes of removed keys still in the key arena.
-    pub dead_key_bytes: usize,
-    /// Heap bytes owned by the table (tag groups, metadata groups, values,
-    /// key arena).
+    /// Bytes of records (value and key bytes, padded to 8) in the arena,
+    /// including removed records.
+    pub arena_bytes: usize,
+    /// Bytes of removed records still in the arena.
+    pub dead_arena_bytes: usize,
+    /// Heap bytes owned by the table (tag groups, slots, overflow counts
+    /// and the arena's allocation).
     pub heap_bytes: usize,
 }
 
 /// Fingerprinted open-addressing table from byte-string keys to `V`.
 ///
 /// See the module documentation for the layout. Keys are at most
-/// [`MAX_KEY_LEN`] bytes and the key arena at most 4 GiB.
+/// [`MAX_KEY_LEN`] bytes and the record arena at most 32 GiB. A value type
+/// aligned to more than 8 bytes fails to compile.
 #[derive(Clone)]
 pub struct Fit<V> {
     tags: Box<[TagGroup]>,
-    /// Parallel to `tags`.
-    meta: Box<[MetaGroup]>,
-    values: Box<[Option<V>]>,
-    keys: Vec<u8>,
-    dead_key_bytes: usize,
+    /// `GROUP_WIDTH` slots per tag group.
+    slots: Box<[Slot]>,
+    /// Per group: stored keys whose probe passed it, saturating at
+    /// `u16::MAX` (a saturated count is never decremented).
+    overflow: Box<[u16]>,
+    /// Records: the value at the start, the key bytes right after it. Words
+    /// are `MaybeUninit` because a value's padding bytes may be
+    /// uninitialized.
+    arena: Vec<MaybeUninit<u64>>,
+    /// Words of removed records in `arena`.
+    dead_words: usize,
     len: usize,
     /// Entries allowed before the next insert rebuilds.
     growth_limit: usize,
@@ -244,9 +258,12 @@ pub struct Fit<V> {
     hasher: RandomState,
     counters: Arc<FitCounters>,
     counting: bool,
+    /// The arena stores `V`s, so the table is `Send` and `Sync` only when
+    /// `V` is.
+    values: PhantomData<V>,
 }
 
-impl<V> Fit<V> {
+impl<V: Copy> Fit<V> {
     /// Creates a table with room for `capacity` entries. An insert that would
     /// push the entries above `load_factor` of the slots rebuilds the table
     /// with at least twice the groups.
@@ -256,6 +273,12 @@ impl<V> Fit<V> {
     /// Panics if `load_factor` is not in `(0, 0.9375]` ([`MAX_LOAD_FACTOR`]),
     /// or if the slot count overflows `usize`.
     pub fn with_capacity(capacity: usize, load_factor: f64) -> Self {
+        const {
+            assert!(
+                align_of::<V>() <= WORD,
+                "FIT values must be aligned to at most 8 bytes"
+            )
+        };
         assert!(
             load_factor > 0.0 && load_factor <= MAX_LOAD_FACTOR,
             "invalid FIT load factor {load_factor}: expected a value in (0, {MAX_LOAD_FACTOR}]"
@@ -263,16 +286,17 @@ impl<V> Fit<V> {
         let group_count = group_count_for(capacity, load_factor);
         Self {
             tags: vec![TagGroup::EMPTY; group_count].into_boxed_slice(),
-            meta: vec![MetaGroup::EMPTY; group_count].into_boxed_slice(),
-            values: empty_values(group_count * GROUP_WIDTH),
-            keys: Vec::new(),
-            dead_key_bytes: 0,
+            slots: vec![Slot::default(); group_count * GROUP_WIDTH].into_boxed_slice(),
+            overflow: vec![0; group_count].into_boxed_slice(),
+            arena: Vec::new(),
+            dead_words: 0,
             len: 0,
             growth_limit: growth_limit(group_count, load_factor),
             max_load_factor: load_factor,
             hasher: RandomState::default(),
             counters: FitCounters::new(),
             counting: true,
+            values: PhantomData,
         }
     }
 
@@ -329,41 +353,40 @@ impl<V> Fit<V> {
             len: self.len,
             slots: self.slots(),
             load_factor: self.load_factor(),
-            key_arena_bytes: self.keys.len(),
-            dead_key_bytes: self.dead_key_bytes,
+            arena_bytes: self.arena.len() * WORD,
+            dead_arena_bytes: self.dead_words * WORD,
             heap_bytes: self.heap_bytes(),
         }
     }
 
-    /// Returns the heap bytes owned by the table: tag and metadata groups,
-    /// value slots and the key arena's allocation. Memory owned by the values themselves (for
-    /// example behind a `Box`) is not included.
+    /// Returns the heap bytes owned by the table: tag groups, slots,
+    /// overflow counts and the arena's allocation.
     pub fn heap_bytes(&self) -> usize {
         std::mem::size_of_val::<[TagGroup]>(&self.tags)
-            + std::mem::size_of_val::<[MetaGroup]>(&self.meta)
-            + std::mem::size_of_val::<[Option<V>]>(&self.values)
-            + self.keys.capacity()
+            + std::mem::size_of_val::<[Slot]>(&self.slots)
+            + std::mem::size_of_val::<[u16]>(&self.overflow)
+            + self.arena.capacity() * WORD
     }
 
     /// Looks up `key`, counting the lookup in the shared counters unless
     /// counting is turned off.
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<&V> {
-        let (slot, collisions) = self.find(key, self.hash(key));
+        let (record, collisions) = self.find(key, self.hash(key));
         if self.counting {
             self.counters.record(collisions);
         }
-        slot.and_then(|slot| self.values[slot].as_ref())
+        record.map(|(_, word)| self.value(word))
     }
 
     /// Looks up `key` and counts the lookup in `tally` instead of the shared
     /// counters, which avoids the atomic add on a shared cache line.
     #[inline]
     pub fn get_tallied(&self, key: &[u8], tally: &mut FitTally) -> Option<&V> {
-        let (slot, collisions) = self.find(key, self.hash(key));
+        let (record, collisions) = self.find(key, self.hash(key));
         tally.operations += 1;
         tally.collisions += collisions;
-        slot.and_then(|slot| self.values[slot].as_ref())
+        record.map(|(_, word)| self.value(word))
     }
 
     /// Returns true if `key` is present. Not counted.
@@ -373,19 +396,19 @@ impl<V> Fit<V> {
 
     /// Looks up `key` for modification. Counted like an insert.
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        let (slot, collisions) = self.find(key, self.hash(key));
+        let (record, collisions) = self.find(key, self.hash(key));
         self.counters.record(collisions);
-        slot.and_then(|slot| self.values[slot].as_mut())
+        record.map(|(_, word)| self.value_mut(word))
     }
 
     /// Inserts `value` under `key`, returning the value it replaced. May
-    /// rebuild the table into a larger one, which also drops the bytes of
-    /// removed keys from the arena.
+    /// rebuild the table into a larger one, which also drops removed
+    /// records from the arena.
     ///
     /// # Panics
     ///
-    /// Panics if `key` is longer than [`MAX_KEY_LEN`] or the key arena would
-    /// exceed 4 GiB.
+    /// Panics if `key` is longer than [`MAX_KEY_LEN`] or the arena would
+    /// exceed 32 GiB.
     pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
         assert!(
             key.len() <= MAX_KEY_LEN,
@@ -395,62 +418,56 @@ impl<V> Fit<V> {
         let hash = self.hash(key);
         let (found, collisions) = self.find(key, hash);
         self.counters.record(collisions);
-        if let Some(slot) = found {
-            return self.values[slot].replace(value);
+        if let Some((_, word)) = found {
+            return Some(std::mem::replace(self.value_mut(word), value));
         }
         if self.len >= self.growth_limit {
             self.grow();
         }
-        let offset = u32::try_from(self.keys.len())
-            .ok()
-            .filter(|offset| offset.checked_add(key.len() as u32).is_some())
-            .expect("FIT key arena is limited to 4 GiB");
-        self.keys.extend_from_slice(key);
-        let slot = self.place(hash, key.len() as u16, offset);
-        self.values[slot] = Some(value);
+        let word = append_record(&mut self.arena, key, value);
+        self.place(hash, key.len() as u16, word);
         self.len += 1;
         None
     }
 
-    /// Removes `key`, returning its value. The key's bytes stay in the arena
-    /// as dead bytes until the next rebuild. A remove that leaves more dead
-    /// than live key bytes (and over 4 KiB of them) rebuilds the table at its
-    /// current size.
+    /// Removes `key`, returning its value. The record stays in the arena as
+    /// dead space until the next rebuild. A remove that leaves more dead
+    /// than live arena bytes (and over 4 KiB of them) rebuilds the table at
+    /// its current size.
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
         let hash = self.hash(key);
         let (found, collisions) = self.find(key, hash);
         self.counters.record(collisions);
-        let slot = found?;
+        let (slot, word) = found?;
+        let value = *self.value(word);
         let group_count = self.tags.len();
         let mut group_index = home_group(hash, group_count);
         let step = probe_step(hash, group_count);
         while group_index != slot / GROUP_WIDTH {
-            self.tags[group_index].remove_overflow();
+            self.remove_overflow(group_index);
             group_index = next_group(group_index, step, group_count);
         }
-        let index = slot % GROUP_WIDTH;
-        self.tags[group_index].tags[index] = EMPTY;
-        self.dead_key_bytes += usize::from(self.meta[group_index].key_lens[index]);
+        self.tags[group_index].tags[slot % GROUP_WIDTH] = EMPTY;
+        self.dead_words += record_words::<V>(key.len());
         self.len -= 1;
-        let value = self.values[slot].take();
-        if self.dead_key_bytes > 4096 && self.dead_key_bytes > self.keys.len() / 2 {
+        if self.dead_words * WORD > 4096 && self.dead_words > self.arena.len() / 2 {
             self.rebuild(self.tags.len());
         }
-        value
+        Some(value)
     }
 
-    /// Releases spare capacity of the key arena, which grows by doubling
-    /// while keys are inserted. Call it once a snapshot's table is built.
+    /// Releases spare capacity of the arena, which grows by doubling while
+    /// keys are inserted. Call it once a snapshot's table is built.
     pub fn shrink_to_fit(&mut self) {
-        self.keys.shrink_to_fit();
+        self.arena.shrink_to_fit();
     }
 
     /// Removes every entry, keeping the allocated slots.
     pub fn clear(&mut self) {
         self.tags.fill(TagGroup::EMPTY);
-        self.values.iter_mut().for_each(|value| *value = None);
-        self.keys.clear();
-        self.dead_key_bytes = 0;
+        self.overflow.fill(0);
+        self.arena.clear();
+        self.dead_words = 0;
         self.len = 0;
     }
 
@@ -469,51 +486,100 @@ impl<V> Fit<V> {
         hasher.finish()
     }
 
-    /// Returns the slot of `key`, if present, and the collisions counted on
-    /// the way.
     #[inline(always)]
-    fn find(&self, key: &[u8], hash: u64) -> (Option<usize>, u64) {
-        if key.len() > MAX_KEY_LEN {
-            return (None, 0);
+    fn value(&self, word: u32) -> &V {
+        debug_assert!((word as usize) < self.arena.len() || size_of::<V>() == 0);
+        // SAFETY: `word` comes from an occupied slot, so a value was written
+        // there by `append_record` and the arena has not shrunk since. The
+        // start of a word is aligned for `V` (checked in `with_capacity`).
+        unsafe { &*self.arena.as_ptr().add(word as usize).cast::<V>() }
+    }
+
+    #[inline(always)]
+    fn value_mut(&mut self, word: u32) -> &mut V {
+        debug_assert!((word as usize) < self.arena.len() || size_of::<V>() == 0);
+        // SAFETY: as in `value`, and `&mut self` makes the access unique.
+        unsafe { &mut *self.arena.as_mut_ptr().add(word as usize).cast::<V>() }
+    }
+
+    /// Returns the slot of `key`, if present, with the arena word of its
+    /// record, and the collisions counted on the way. The home group is
+    /// checked here, and the rare probe past it is a separate function,
+    /// which keeps this one small enough to inline.
+    #[inline(always)]
+    fn find(&self, key: &[u8], hash: u64) -> (Option<(usize, u32)>, u64) {
+        let group_index = home_group(hash, self.tags.len());
+        let mut collisions = 0;
+        if let Some(found) = self.find_in_group(key, hash, group_index, &mut collisions) {
+            return (Some(found), collisions);
         }
-        let tag = tag_of(hash);
+        if !self.tags[group_index].may_overflow(hash) {
+            return (None, collisions);
+        }
+        self.find_past_home(key, hash, group_index, collisions)
+    }
+
+    /// Continues `find` in the groups after the home group.
+    #[cold]
+    #[inline(never)]
+    fn find_past_home(
+        &self,
+        key: &[u8],
+        hash: u64,
+        home: usize,
+        mut collisions: u64,
+    ) -> (Option<(usize, u32)>, u64) {
         let group_count = self.tags.len();
-        let mut group_index = home_group(hash, group_count);
-        let mut collisions = 0u64;
-        let mut step = 0;
-        for _ in 0..group_count {
-            prefetch(&self.meta[group_index]);
-            let group = &self.tags[group_index];
-            let mut matches = group.match_slots(tag);
-            while matches != 0 {
-                let i = matches.trailing_zeros() as usize;
-                matches &= matches - 1;
-                let meta = &self.meta[group_index];
-                if usize::from(meta.key_lens[i]) == key.len() {
-                    let offset = meta.key_offsets[i] as usize;
-                    if &self.keys[offset..offset + key.len()] == key {
-                        return (Some(group_index * GROUP_WIDTH + i), collisions);
-                    }
-                }
-                collisions += 1;
-            }
-            if group.overflow() == 0 {
-                break;
-            }
-            if step == 0 {
-                step = probe_step(hash, group_count);
-            }
+        let step = probe_step(hash, group_count);
+        let mut group_index = home;
+        // The home group was the first of `group_count` probes.
+        for _ in 1..group_count {
             group_index = next_group(group_index, step, group_count);
             collisions += 1;
+            if let Some(found) = self.find_in_group(key, hash, group_index, &mut collisions) {
+                return (Some(found), collisions);
+            }
+            if !self.tags[group_index].may_overflow(hash) {
+                break;
+            }
         }
         (None, collisions)
     }
 
-    /// Writes the tag, length and offset of a new key into the first free
-    /// slot on its probe sequence, counts the overflow in every full group it
-    /// passes and returns the slot. The caller has made sure a free slot
-    /// exists.
-    fn place(&mut self, hash: u64, key_len: u16, offset: u32) -> usize {
+    /// Looks for `key` in one group, counting tag matches whose key
+    /// differed.
+    #[inline(always)]
+    fn find_in_group(
+        &self,
+        key: &[u8],
+        hash: u64,
+        group_index: usize,
+        collisions: &mut u64,
+    ) -> Option<(usize, u32)> {
+        let first_slot = group_index * GROUP_WIDTH;
+        // The seven slots span one or two cache lines.
+        prefetch(&self.slots[first_slot]);
+        prefetch(&self.slots[first_slot + GROUP_WIDTH - 1]);
+        let mut matches = self.tags[group_index].match_slots(tag_of(hash));
+        while matches != 0 {
+            let slot_index = first_slot + matches.trailing_zeros() as usize;
+            matches &= matches - 1;
+            let slot = self.slots[slot_index];
+            // A key longer than `MAX_KEY_LEN` never has a matching length.
+            if usize::from(slot.key_len) == key.len()
+                && record_key::<V>(&self.arena, slot.record, key.len()) == key
+            {
+                return Some((slot_index, slot.record));
+            }
+            *collisions += 1;
+        }
+        None
+    }
+
+    /// Writes the tag, key length and record of a new key into the first
+    /// free slot on its probe sequence and counts the overflow in every full
+    /// group it passes. The caller has made sure a free slot exists.
+    fn place(&mut self, hash: u64, key_len: u16, record: u32) {
         let group_count = self.tags.len();
         let mut group_index = home_group(hash, group_count);
         let step = probe_step(hash, group_count);
@@ -523,13 +589,25 @@ impl<V> Fit<V> {
             if free != 0 {
                 let i = free.trailing_zeros() as usize;
                 group.tags[i] = tag_of(hash);
-                let meta = &mut self.meta[group_index];
-                meta.key_lens[i] = key_len;
-                meta.key_offsets[i] = offset;
-                return group_index * GROUP_WIDTH + i;
+                self.slots[group_index * GROUP_WIDTH + i] = Slot { record, key_len };
+                return;
             }
-            group.add_overflow();
+            group.add_overflow(hash);
+            let count = &mut self.overflow[group_index];
+            *count = count.saturating_add(1);
             group_index = next_group(group_index, step, group_count);
+        }
+    }
+
+    /// Undoes one `add_overflow` of a group, clearing its filter when no
+    /// key passes it any more.
+    fn remove_overflow(&mut self, group_index: usize) {
+        let count = &mut self.overflow[group_index];
+        if *count != u16::MAX {
+            *count -= 1;
+            if *count == 0 {
+                self.tags[group_index].tags[OVERFLOW_LANE] = 0;
+            }
         }
     }
 
@@ -541,39 +619,82 @@ impl<V> Fit<V> {
     }
 
     /// Rehashes every live entry into `group_count` fresh groups and a
-    /// compacted key arena.
+    /// compacted arena.
     fn rebuild(&mut self, group_count: usize) {
         let old_tags = std::mem::replace(
             &mut self.tags,
             vec![TagGroup::EMPTY; group_count].into_boxed_slice(),
         );
-        let old_meta = std::mem::replace(
-            &mut self.meta,
-            vec![MetaGroup::EMPTY; group_count].into_boxed_slice(),
+        let old_slots = std::mem::replace(
+            &mut self.slots,
+            vec![Slot::default(); group_count * GROUP_WIDTH].into_boxed_slice(),
         );
-        let mut old_values =
-            std::mem::replace(&mut self.values, empty_values(group_count * GROUP_WIDTH));
-        let live_key_bytes = self.keys.len() - self.dead_key_bytes;
-        let old_keys = std::mem::replace(&mut self.keys, Vec::with_capacity(live_key_bytes));
-        self.dead_key_bytes = 0;
+        self.overflow = vec![0; group_count].into_boxed_slice();
+        let live_words = self.arena.len() - self.dead_words;
+        let old_arena = std::mem::replace(&mut self.arena, Vec::with_capacity(live_words));
+        self.dead_words = 0;
         self.growth_limit = growth_limit(group_count, self.max_load_factor);
-        for (group_index, (group, meta)) in old_tags.iter().zip(old_meta.iter()).enumerate() {
+        for (group_index, group) in old_tags.iter().enumerate() {
             for i in 0..GROUP_WIDTH {
                 if group.tags[i] == EMPTY {
                     continue;
                 }
-                let start = meta.key_offsets[i] as usize;
-                let key = &old_keys[start..start + usize::from(meta.key_lens[i])];
-                let offset = self.keys.len() as u32;
-                self.keys.extend_from_slice(key);
-                let slot = self.place(self.hash(key), meta.key_lens[i], offset);
-                self.values[slot] = old_values[group_index * GROUP_WIDTH + i].take();
+                let slot = old_slots[group_index * GROUP_WIDTH + i];
+                let key_len = usize::from(slot.key_len);
+                let key = record_key::<V>(&old_arena, slot.record, key_len);
+                let start = slot.record as usize;
+                let record = arena_word(self.arena.len());
+                self.arena
+                    .extend_from_slice(&old_arena[start..start + record_words::<V>(key_len)]);
+                self.place(self.hash(key), slot.key_len, record);
             }
         }
     }
 }
 
-impl<V> Default for Fit<V> {
+/// Returns the arena words of a record with a key of `key_len` bytes.
+#[inline(always)]
+fn record_words<V>(key_len: usize) -> usize {
+    (size_of::<V>() + key_len).div_ceil(WORD)
+}
+
+/// Converts an arena length into the word number of the next record.
+fn arena_word(len: usize) -> u32 {
+    u32::try_from(len).expect("FIT record arena is limited to 32 GiB")
+}
+
+/// Appends a record of `value` and `key` and returns its first word.
+fn append_record<V: Copy>(arena: &mut Vec<MaybeUninit<u64>>, key: &[u8], value: V) -> u32 {
+    let word = arena_word(arena.len());
+    let start = arena.len();
+    arena.resize(start + record_words::<V>(key.len()), MaybeUninit::new(0));
+    // SAFETY: the resize made room for `size_of::<V>() + key.len()` bytes
+    // from word `start`, which is aligned for `V` (checked in
+    // `with_capacity`). The value and the key do not overlap.
+    unsafe {
+        let record = arena.as_mut_ptr().add(start);
+        record.cast::<V>().write(value);
+        std::ptr::copy_nonoverlapping(
+            key.as_ptr(),
+            record.cast::<u8>().add(size_of::<V>()),
+            key.len(),
+        );
+    }
+    word
+}
+
+/// Returns the key bytes of the record at `word`.
+#[inline(always)]
+fn record_key<V>(arena: &[MaybeUninit<u64>], word: u32, key_len: usize) -> &[u8] {
+    let start = word as usize * WORD + size_of::<V>();
+    debug_assert!(start + key_len <= arena.len() * WORD);
+    // SAFETY: the record at `word` was written by `append_record` with a key
+    // of `key_len` bytes, so these bytes are inside the arena and
+    // initialized.
+    unsafe { std::slice::from_raw_parts(arena.as_ptr().cast::<u8>().add(start), key_len) }
+}
+
+impl<V: Copy> Default for Fit<V> {
     /// Creates an empty table with room for 8 entries at load factor 0.875.
     fn default() -> Self {
         Self::with_capacity(0, 0.875)
@@ -584,14 +705,14 @@ impl<V> fmt::Debug for Fit<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fit")
             .field("len", &self.len)
-            .field("slots", &self.slots())
+            .field("slots", &self.slots.len())
             .field("max_load_factor", &self.max_load_factor)
             .field("counting", &self.counting)
             .finish_non_exhaustive()
     }
 }
 
-impl<'a, V> IntoIterator for &'a Fit<V> {
+impl<'a, V: Copy> IntoIterator for &'a Fit<V> {
     type Item = (&'a [u8], &'a V);
     type IntoIter = Iter<'a, V>;
 
@@ -600,7 +721,7 @@ impl<'a, V> IntoIterator for &'a Fit<V> {
     }
 }
 
-impl<K: AsRef<[u8]>, V> FromIterator<(K, V)> for Fit<V> {
+impl<K: AsRef<[u8]>, V: Copy> FromIterator<(K, V)> for Fit<V> {
     /// Builds a table at load factor 0.875 sized for the iterator's entries.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
         let entries = entries.into_iter();
@@ -618,19 +739,18 @@ pub struct Iter<'a, V> {
     slot: usize,
 }
 
-impl<'a, V> Iterator for Iter<'a, V> {
+impl<'a, V: Copy> Iterator for Iter<'a, V> {
     type Item = (&'a [u8], &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
         let table = self.table;
-        while self.slot < table.values.len() {
+        while self.slot < table.slots() {
             let slot = self.slot;
             self.slot += 1;
-            if let Some(value) = &table.values[slot] {
-                let meta = &table.meta[slot / GROUP_WIDTH];
-                let start = meta.key_offsets[slot % GROUP_WIDTH] as usize;
-                let len = usize::from(meta.key_lens[slot % GROUP_WIDTH]);
-                return Some((&table.keys[start..start + len], value));
+            if table.tags[slot / GROUP_WIDTH].tags[slot % GROUP_WIDTH] != EMPTY {
+                let Slot { record, key_len } = table.slots[slot];
+                let key = record_key::<V>(&table.arena, record, usize::from(key_len));
+                return Some((key, table.value(record)));
             }
         }
         None
@@ -656,6 +776,13 @@ fn prefetch<T>(item: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = item;
+}
+
+/// Returns the overflow filter bit of a hash, from 4 bits that neither the
+/// tag (bits 0-15) nor, in practice, the home group (the high bits) uses.
+#[inline(always)]
+fn overflow_bit(hash: u64) -> u16 {
+    1 << ((hash >> 16) & 15)
 }
 
 /// Maps a hash onto `0..group_count` by multiplication, which uses the high
@@ -719,10 +846,6 @@ fn growth_limit(group_count: usize, load_factor: f64) -> usize {
     ((slots as f64 * load_factor) as usize).min(slots - 1)
 }
 
-fn empty_values<V>(slots: usize) -> Box<[Option<V>]> {
-    std::iter::repeat_with(|| None).take(slots).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,8 +873,8 @@ mod tests {
     #[test]
     fn group_sizes() {
         assert_eq!(std::mem::size_of::<TagGroup>(), 16);
-        assert_eq!(std::mem::size_of::<MetaGroup>(), 64);
-        assert_eq!(std::mem::align_of::<MetaGroup>(), 64);
+        assert_eq!(std::mem::align_of::<TagGroup>(), 16);
+        assert_eq!(std::mem::size_of::<Slot>(), 8);
     }
 
     #[test]
@@ -818,11 +941,18 @@ mod tests {
             "churn at constant size must not grow the table"
         );
         assert!(
-            table.stats().key_arena_bytes < 8192,
-            "dead key bytes are reclaimed"
+            table.stats().arena_bytes < 8192,
+            "dead records are reclaimed"
+        );
+        assert!(
+            table.overflow.iter().all(|&count| count == 0),
+            "removes undo every overflow count"
         );
         for group in table.tags.iter() {
-            assert_eq!(group.overflow(), 0, "removes undo every overflow count");
+            assert_eq!(
+                group.tags[OVERFLOW_LANE], 0,
+                "a zero count clears the overflow filter"
+            );
         }
     }
 
@@ -875,7 +1005,7 @@ mod tests {
             let home = home_group(hash, 2);
             homes[home] += 1;
             let (slot, collisions) = table.find(&[i], hash);
-            let slot = slot.expect("inserted key is found");
+            let (slot, _) = slot.expect("inserted key is found");
             if slot / GROUP_WIDTH != home {
                 displaced[home] += 1;
                 assert!(collisions >= 1, "key {i} outside its home group");
@@ -888,7 +1018,7 @@ mod tests {
                 "keys displaced from group {group}"
             );
             assert_eq!(
-                u32::from(table.tags[group].overflow()),
+                u32::from(table.overflow[group]),
                 expected,
                 "overflow count of group {group}"
             );
@@ -934,8 +1064,9 @@ mod tests {
             table.insert(format!("tenant-{i:08}.example").as_bytes(), i);
         }
         table.shrink_to_fit();
-        assert_eq!(table.stats().key_arena_bytes, 100_000 * 23);
+        // A record is the 4-byte value and the 23-byte key, padded to 32.
+        assert_eq!(table.stats().arena_bytes, 100_000 * 32);
         let per_entry = table.heap_bytes() as f64 / table.len() as f64;
-        assert!(per_entry < 100.0, "{per_entry} heap bytes per 23-byte key");
+        assert!(per_entry < 50.0, "{per_entry} heap bytes per 23-byte key");
     }
 }

@@ -81,3 +81,98 @@ proptest! {
         check_against_model(7, 0.9375, &ops)?;
     }
 }
+
+/// A value with padding bytes and 8-byte alignment, the largest alignment
+/// the FIT accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Padded {
+    small: u8,
+    large: u64,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn fit_clone_is_independent(
+        before in proptest::collection::vec(op(), 0..200),
+        after in proptest::collection::vec(op(), 0..200),
+    ) {
+        let mut original = Fit::with_capacity(8, 0.875);
+        let mut model: HashMap<Vec<u8>, u32> = HashMap::new();
+        for op in &before {
+            match op {
+                Op::Insert(key, value) => {
+                    original.insert(key, *value);
+                    model.insert(key.clone(), *value);
+                }
+                Op::Remove(key) => {
+                    original.remove(key);
+                    model.remove(key);
+                }
+                Op::Get(_) => {}
+            }
+        }
+        let mut copy = original.clone();
+        let mut copy_model = model.clone();
+        for op in &after {
+            match op {
+                Op::Insert(key, value) => {
+                    prop_assert_eq!(copy.insert(key, *value), copy_model.insert(key.clone(), *value));
+                }
+                Op::Remove(key) => {
+                    prop_assert_eq!(copy.remove(key), copy_model.remove(key));
+                }
+                Op::Get(key) => {
+                    prop_assert_eq!(copy.get(key), copy_model.get(key));
+                }
+            }
+        }
+        prop_assert_eq!(original.len(), model.len());
+        for (key, value) in &model {
+            prop_assert_eq!(original.get(key), Some(value));
+        }
+        for (key, value) in &copy_model {
+            prop_assert_eq!(copy.get(key), Some(value));
+        }
+    }
+
+    #[test]
+    fn fit_stores_padded_values(
+        entries in proptest::collection::vec((key(), any::<u8>(), any::<u64>()), 0..200),
+        removed in proptest::collection::vec(key(), 0..50),
+    ) {
+        let mut table = Fit::with_capacity(4, 0.9375);
+        let mut model: HashMap<Vec<u8>, Padded> = HashMap::new();
+        for (key, small, large) in &entries {
+            let value = Padded { small: *small, large: *large };
+            prop_assert_eq!(table.insert(key, value), model.insert(key.clone(), value));
+        }
+        for key in &removed {
+            prop_assert_eq!(table.remove(key), model.remove(key));
+        }
+        let copy = table.clone();
+        for (key, value) in &model {
+            prop_assert_eq!(table.get(key), Some(value));
+            prop_assert_eq!(copy.get(key), Some(value));
+        }
+        prop_assert_eq!(table.iter().count(), model.len());
+    }
+
+    #[test]
+    fn fit_stores_zero_sized_values(keys in proptest::collection::vec(key(), 0..100)) {
+        let mut table: Fit<()> = Fit::default();
+        let mut model = std::collections::HashSet::new();
+        for key in &keys {
+            prop_assert_eq!(table.insert(key, ()).is_some(), !model.insert(key.clone()));
+        }
+        for key in &model {
+            prop_assert!(table.contains_key(key));
+        }
+        let mut seen: Vec<Vec<u8>> = table.iter().map(|(key, _)| key.to_vec()).collect();
+        let mut expected: Vec<Vec<u8>> = model.into_iter().collect();
+        seen.sort();
+        expected.sort();
+        prop_assert_eq!(seen, expected);
+    }
+}

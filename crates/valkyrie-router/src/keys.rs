@@ -191,7 +191,8 @@ pub struct KeyTableStats {
     pub shards: usize,
     /// FIT slots over all shards.
     pub slots: usize,
-    /// Heap bytes of the shards (tags, metadata, values and key bytes).
+    /// Heap bytes of the shards (tags, slots and records of keys and
+    /// values).
     pub heap_bytes: usize,
 }
 
