@@ -34,6 +34,9 @@ use crate::upstream::{Endpoint, RequestSlot, Selection, Upstream};
 pub struct ConnContext {
     pub state: Arc<ProxyState>,
     pub client: ClientInfo,
+    /// `client.peer` as an `X-Forwarded-For` value, formatted once per
+    /// connection.
+    pub peer_value: http::HeaderValue,
     pub listener: ListenerKind,
     pub activity: Arc<ConnActivity>,
 }
@@ -87,7 +90,8 @@ pub async fn handle(
 
     let method = request.method().clone();
     let version = request.version();
-    let path = request.uri().path().to_string();
+    // A `Uri` clone shares its bytes, so the record costs no copy of the path.
+    let uri = request.uri().clone();
     let host = request_host(&request).map(str::to_string);
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut progress = Progress::default();
@@ -98,13 +102,21 @@ pub async fn handle(
             format!("{} is on the deny list", context.client.peer),
         ))
     } else {
-        proxy(&context, request, &mut progress, started, &request_bytes).await
+        proxy(
+            &context,
+            request,
+            host.as_deref(),
+            &mut progress,
+            started,
+            &request_bytes,
+        )
+        .await
     };
     let response = match outcome {
         Ok(response) => response,
         Err(error) => {
             progress.error = Some(error.kind);
-            log_error(&error, &progress, &method, &path);
+            log_error(&error, &progress, &method, uri.path());
             error.to_response()
         }
     };
@@ -127,7 +139,7 @@ pub async fn handle(
             };
         let record = RequestRecord {
             method,
-            path,
+            uri,
             host,
             client,
             version,
@@ -186,7 +198,7 @@ fn access_log(record: &RequestRecord) {
         client = %record.client,
         method = %record.method,
         host = record.host.as_deref().unwrap_or("-"),
-        path = %record.path,
+        path = record.uri.path(),
         version = ?record.version,
         status = record.status,
         route = record.route.as_deref().unwrap_or("-"),
@@ -221,6 +233,7 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
 async fn proxy(
     context: &ConnContext,
     mut request: Request<Incoming>,
+    host: Option<&str>,
     progress: &mut Progress,
     started: Instant,
     request_bytes: &Arc<AtomicU64>,
@@ -236,13 +249,12 @@ async fn proxy(
 
     // Held until the request ends, so it finishes on this snapshot.
     let snapshot = crate::engine::pin(&context.state);
-    let host = request_host(&request).map(str::to_string);
     let upgrade =
         request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
 
     let route_match = {
         let info = RequestInfo {
-            host: host.as_deref(),
+            host,
             path: request.uri().path(),
             query: request.uri().query(),
             method: request.method(),
@@ -284,7 +296,7 @@ async fn proxy(
             format!(
                 "no route matches {} {}{}",
                 request.method(),
-                host.as_deref().unwrap_or(""),
+                host.unwrap_or(""),
                 request.uri().path()
             ),
         ));
@@ -321,13 +333,7 @@ async fn proxy(
     let (mut parts, incoming) = request.into_parts();
     let body = read_request_body(incoming, &parts.headers, &snapshot, request_bytes).await?;
 
-    prepare_upstream_head(
-        &mut parts,
-        &snapshot,
-        context.client,
-        host.as_deref(),
-        upgrade,
-    );
+    prepare_upstream_head(&mut parts, &snapshot, context, host, upgrade);
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{upstream_path}?{query}"),
         None => upstream_path,
@@ -764,7 +770,7 @@ fn incoming_is_chunked(headers: &HeaderMap) -> bool {
 fn prepare_upstream_head(
     parts: &mut Parts,
     snapshot: &Snapshot,
-    client: ClientInfo,
+    context: &ConnContext,
     host: Option<&str>,
     upgrade: bool,
 ) {
@@ -778,7 +784,8 @@ fn prepare_upstream_head(
     parts.headers.remove(header::EXPECT);
     headers::add_forwarding(
         &mut parts.headers,
-        client,
+        context.client,
+        &context.peer_value,
         host,
         &snapshot.trusted_proxies,
         &snapshot.via,
@@ -824,6 +831,11 @@ fn build_request(
     tls: bool,
 ) -> Request<ProxyBody> {
     let mut builder = Request::builder().method(parts.method.clone());
+    let unchanged = parts.uri.scheme().is_none()
+        && parts
+            .uri
+            .path_and_query()
+            .is_some_and(|original| original.as_str() == path_and_query);
     let uri = if http2 {
         let authority = parts
             .headers
@@ -831,11 +843,15 @@ fn build_request(
             .and_then(|value| value.to_str().ok())
             .unwrap_or("localhost");
         let scheme = if tls { "https" } else { "http" };
-        format!("{scheme}://{authority}{path_and_query}")
+        parse_uri(&format!("{scheme}://{authority}{path_and_query}"))
+    } else if unchanged {
+        // An origin-form target forwarded as is: share it instead of
+        // parsing a copy.
+        parts.uri.clone()
     } else {
-        path_and_query.to_string()
+        parse_uri(path_and_query)
     };
-    builder = builder.uri(uri.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/")));
+    builder = builder.uri(uri);
     builder = builder.version(if http2 {
         Version::HTTP_2
     } else {
@@ -849,6 +865,11 @@ fn build_request(
         request.headers_mut().remove(header::HOST);
     }
     request
+}
+
+fn parse_uri(text: &str) -> Uri {
+    text.parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 fn split_send_error(

@@ -31,34 +31,54 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
 /// header names. `TE: trailers` is kept because gRPC needs it end to end;
 /// any other `TE` value is removed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these; one pass over the names is cheaper
-    // than a hashed removal per candidate.
+    // Most messages carry no hop-by-hop header but `Connection`, so one
+    // pass over the names decides which hashed removals are needed.
     let hop_by_hop = fixed_hop_by_hop();
-    let any = headers
-        .keys()
-        .any(|name| name == header::TE || hop_by_hop.contains(&name));
-    if !any {
-        return;
+    let mut has_connection = false;
+    let mut has_te = false;
+    let mut has_other = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            has_connection = true;
+        } else if name == header::TE {
+            has_te = true;
+        } else if hop_by_hop.contains(&name) {
+            has_other = true;
+        }
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if has_connection {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            // `close` and `keep-alive` are the usual values; `keep-alive`
+            // as a header is removed below when present.
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
     }
-    for name in fixed_hop_by_hop() {
-        headers.remove(name);
+    if has_other {
+        for name in hop_by_hop.into_iter().skip(1) {
+            headers.remove(name);
+        }
     }
-    let te_is_trailers = headers
-        .get(header::TE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.trim().eq_ignore_ascii_case("trailers"));
-    if !te_is_trailers {
-        headers.remove(header::TE);
+    // A `Connection` token may have named `TE`.
+    if has_te && headers.contains_key(header::TE) {
+        let te_is_trailers = headers
+            .get(header::TE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim().eq_ignore_ascii_case("trailers"));
+        if !te_is_trailers {
+            headers.remove(header::TE);
+        }
     }
 }
 
@@ -73,14 +93,16 @@ pub struct ClientInfo {
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and appends to `Via`. Incoming
 /// `X-Forwarded-*` values are kept only when the peer is a trusted proxy;
 /// otherwise they are replaced, so a client cannot forge its address.
+/// `peer` is [`peer_value`] of `client.peer`, which a connection computes
+/// once for all its requests.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     client: ClientInfo,
+    peer: &HeaderValue,
     host: Option<&str>,
     trusted: &CidrSet,
     via: &HeaderValue,
 ) {
-    let peer = client.peer.to_string();
     let from_trusted_proxy = trusted.contains(client.peer);
 
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
@@ -90,7 +112,7 @@ pub fn add_forwarding(
             value.extend_from_slice(peer.as_bytes());
             HeaderValue::from_bytes(&value).ok()
         }
-        _ => HeaderValue::from_str(&peer).ok(),
+        _ => Some(peer.clone()),
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -117,6 +139,11 @@ pub fn add_forwarding(
     headers.append(header::VIA, via.clone());
 }
 
+/// Returns a client address as a header value, for `X-Forwarded-For`.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).expect("an IP address is a valid header value")
+}
+
 /// Returns true when the request requests a protocol switch (WebSocket and
 /// other `Upgrade` tunnels).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -135,6 +162,33 @@ mod tests {
 
     fn trusted(ranges: &[&str]) -> CidrSet {
         CidrSet::parse(ranges.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn connection_close_alone_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "close".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key(header::CONNECTION));
+        assert_eq!(headers.get(header::TE).unwrap(), "trailers");
+        assert!(headers.contains_key("x-kept"));
+        assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn te_other_than_trailers_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, "gzip".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert(header::CONNECTION, "te".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
     }
 
     #[test]
@@ -173,7 +227,14 @@ mod tests {
             scheme: "http",
         };
         let via = HeaderValue::from_static("1.1 valkyrie");
-        add_forwarding(&mut headers, client, Some("a.example"), &trusted(&[]), &via);
+        add_forwarding(
+            &mut headers,
+            client,
+            &peer_value(client.peer),
+            Some("a.example"),
+            &trusted(&[]),
+            &via,
+        );
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9");
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "a.example");
@@ -190,7 +251,14 @@ mod tests {
             scheme: "http",
         };
         let via = HeaderValue::from_static("1.1 valkyrie");
-        add_forwarding(&mut headers, client, None, &trusted(&["10.0.0.0/8"]), &via);
+        add_forwarding(
+            &mut headers,
+            client,
+            &peer_value(client.peer),
+            None,
+            &trusted(&["10.0.0.0/8"]),
+            &via,
+        );
         assert_eq!(headers[&X_FORWARDED_FOR], "198.51.100.7, 10.1.2.3");
         assert_eq!(headers[&X_FORWARDED_PROTO], "https");
     }

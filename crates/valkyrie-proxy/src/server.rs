@@ -460,12 +460,14 @@ impl Connection {
                 server.max_request_header_bytes,
             )
         };
+        let client = ClientInfo {
+            peer: peer.ip().to_canonical(),
+            scheme,
+        };
         let context = ConnContext {
             state,
-            client: ClientInfo {
-                peer: peer.ip().to_canonical(),
-                scheme,
-            },
+            client,
+            peer_value: crate::headers::peer_value(client.peer),
             listener: kind,
             activity: activity.clone(),
         };

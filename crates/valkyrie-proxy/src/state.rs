@@ -262,7 +262,8 @@ pub trait Builtins: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct RequestRecord {
     pub method: http::Method,
-    pub path: String,
+    /// The request target as received; `uri.path()` is the path.
+    pub uri: http::Uri,
     pub host: Option<String>,
     pub client: std::net::IpAddr,
     pub version: http::Version,
