@@ -43,12 +43,13 @@ impl<'c> TargetNames<'c> {
 /// Compiles every route of `config`, stopping at the first invalid one.
 pub(crate) fn compile_routes(config: &Config) -> Result<Vec<Route>, BuildError> {
     let names = TargetNames::new(config);
-    config
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(index, route)| compile_route(index, route, &names))
-        .collect()
+    // Collecting `Result`s gives no size hint, so the vector would grow by
+    // doubling and keep up to twice the memory the routes need.
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for (index, route) in config.routes.iter().enumerate() {
+        routes.push(compile_route(index, route, &names)?);
+    }
+    Ok(routes)
 }
 
 /// Compiles the route at position `index` of `[[routes]]`.

@@ -3,7 +3,8 @@
 //! Routes are grouped into host buckets: one per exact host, one per
 //! wildcard suffix and one for the routes without a host. Exact hosts are
 //! found through a FIT (fingerprinted table), because a request for a known
-//! host is a hit. Wildcard suffixes are found through a hashbrown map,
+//! host is a hit. The FIT stores the bucket itself, which saves the lookup
+//! a cache miss on a separate bucket array. Wildcard suffixes are found through a hashbrown map,
 //! because the lookup tries every parent domain of the host and most of
 //! those probes miss, where hashbrown is faster than the FIT.
 //!
@@ -17,7 +18,9 @@
 //! longest to the shortest, which is the same match order. Each entry points
 //! to a run of route ids in one shared array, in precedence order, so the
 //! first route of a run that accepts the request's method and headers is
-//! the result.
+//! the result. A run of one route stores the route id itself, and a bit
+//! set marks the routes without method or header conditions, so accepting
+//! such a route needs no read of its record.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -53,16 +56,31 @@ pub(crate) fn precedence_key(route: &Route) -> (Reverse<Specificity>, usize) {
     (Reverse(route.specificity()), route.index)
 }
 
-/// A run of route ids in `HostIndex::candidates`, in precedence order.
+/// A run of route ids in `HostIndex::candidates`, in precedence order. A
+/// run of one route stores the route id in `start` instead.
 #[derive(Clone, Copy, Debug, Default)]
 struct Candidates {
     start: u32,
     len: u32,
 }
 
+impl Candidates {
+    /// Returns the route ids of the run.
+    #[inline]
+    fn ids<'a>(&'a self, shared: &'a [RouteId]) -> &'a [RouteId] {
+        if self.len == 1 {
+            return std::slice::from_ref(&self.start);
+        }
+        let start = self.start as usize;
+        &shared[start..start + self.len as usize]
+    }
+}
+
 /// The request as the buckets check it, with host and path normalized.
 pub(crate) struct Probe<'a> {
     pub(crate) routes: &'a [Route],
+    /// Bit `id` is set when route `id` has no method or header condition.
+    pub(crate) unconditional: &'a [u64],
     pub(crate) path: &'a str,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
@@ -89,7 +107,11 @@ impl Probe<'_> {
             .find(|&id| self.accepts(id) && self.routes[id as usize].path.matches(self.path))
     }
 
+    #[inline]
     fn accepts(&mut self, id: RouteId) -> bool {
+        if self.unconditional[id as usize / 64] & (1 << (id % 64)) != 0 {
+            return true;
+        }
         let route = &self.routes[id as usize];
         if !(route.methods.is_empty() || route.methods.contains(self.method)) {
             return false;
@@ -112,8 +134,8 @@ enum BucketPaths {
     None,
     /// Entries `start..start + len` of `HostIndex::listed`.
     Listed { start: u32, len: u32 },
-    /// Keys of the CRA that start with the bucket id.
-    Tree,
+    /// Keys of the CRA that start with this bucket id.
+    Tree(BucketId),
 }
 
 /// One path of a listed bucket; its bytes are in `HostIndex::listed_bytes`.
@@ -135,7 +157,8 @@ struct Bucket {
 
 /// Routes bucketed by host pattern, with their paths in one CRA.
 pub(crate) struct HostIndex {
-    exact: Fit<BucketId>,
+    /// Buckets of exact hosts, copied out of `buckets`.
+    exact: Fit<Bucket>,
     /// Keyed by the suffix after `*.`.
     wildcard: hashbrown::HashMap<Box<str>, BucketId>,
     any: Option<BucketId>,
@@ -144,6 +167,8 @@ pub(crate) struct HostIndex {
     listed_bytes: Box<[u8]>,
     paths: Cra<Candidates>,
     candidates: Box<[RouteId]>,
+    /// Bit `id` is set when route `id` has no method or header condition.
+    unconditional: Box<[u64]>,
 }
 
 /// Sizing of the FIT of exact hosts, from `[routing.lockfree]`.
@@ -166,14 +191,22 @@ impl HostIndex {
         for route in order {
             builder.push(route);
         }
-        builder.finish(sizing, counters)
+        let mut index = builder.finish(sizing, counters);
+        let mut unconditional = vec![0u64; routes.len().div_ceil(64)];
+        for (id, route) in routes.iter().enumerate() {
+            if route.methods.is_empty() && route.headers.is_empty() {
+                unconditional[id / 64] |= 1 << (id % 64);
+            }
+        }
+        index.unconditional = unconditional.into_boxed_slice();
+        index
     }
 
     /// Finds the best route for a normalized host (`None` when the request
     /// has none).
     pub(crate) fn find(&self, host: Option<&str>, probe: &mut Probe<'_>) -> Option<RouteId> {
         if let Some(host) = host {
-            if let Some(&bucket) = self.exact.get_tallied(host.as_bytes(), &mut probe.tally) {
+            if let Some(bucket) = self.exact.get_tallied(host.as_bytes(), &mut probe.tally) {
                 if let Some(found) = self.find_in_bucket(bucket, probe) {
                     return Some(found);
                 }
@@ -183,7 +216,7 @@ impl HostIndex {
             }
         }
         self.any
-            .and_then(|bucket| self.find_in_bucket(bucket, probe))
+            .and_then(|bucket| self.find_in_bucket(&self.buckets[bucket as usize], probe))
     }
 
     /// Tries the wildcards that cover `host`, longest suffix first, because a
@@ -195,7 +228,7 @@ impl HostIndex {
         // A dot at position 0 would leave no label in front of the suffix.
         for (dot, _) in host.match_indices('.').filter(|&(dot, _)| dot > 0) {
             if let Some(&bucket) = self.wildcard.get(&host[dot + 1..]) {
-                if let Some(found) = self.find_in_bucket(bucket, probe) {
+                if let Some(found) = self.find_in_bucket(&self.buckets[bucket as usize], probe) {
                     return Some(found);
                 }
             }
@@ -205,20 +238,19 @@ impl HostIndex {
 
     /// Visits exact paths, then prefixes from longest to shortest, then
     /// regexes, then routes without a path condition.
-    fn find_in_bucket(&self, bucket: BucketId, probe: &mut Probe<'_>) -> Option<RouteId> {
-        let entry = self.buckets[bucket as usize];
-        let found = match entry.paths {
+    fn find_in_bucket(&self, bucket: &Bucket, probe: &mut Probe<'_>) -> Option<RouteId> {
+        let found = match bucket.paths {
             BucketPaths::None => None,
             BucketPaths::Listed { start, len } => self.find_listed(start, len, probe),
-            BucketPaths::Tree => self.find_path(bucket, probe),
+            BucketPaths::Tree(id) => self.find_path(id, probe),
         };
         if found.is_some() {
             return found;
         }
-        if let Some(found) = probe.first_accepted_by_regex(self.run(entry.regex)) {
+        if let Some(found) = probe.first_accepted_by_regex(self.run(&bucket.regex)) {
             return Some(found);
         }
-        probe.first_accepted(self.run(entry.any))
+        probe.first_accepted(self.run(&bucket.any))
     }
 
     /// Scans a listed bucket's paths, which are in match order.
@@ -234,7 +266,7 @@ impl HostIndex {
                 path == bytes
             };
             if matches {
-                if let Some(found) = probe.first_accepted(self.run(entry.candidates)) {
+                if let Some(found) = probe.first_accepted(self.run(&entry.candidates)) {
                     return Some(found);
                 }
             }
@@ -255,7 +287,7 @@ impl HostIndex {
             heap = path_key(bucket, path);
             &heap
         };
-        for (_, &candidates) in self.paths.matches(key) {
+        for (_, candidates) in self.paths.matches(key) {
             if let Some(found) = probe.first_accepted(self.run(candidates)) {
                 return Some(found);
             }
@@ -263,9 +295,15 @@ impl HostIndex {
         None
     }
 
-    fn run(&self, candidates: Candidates) -> &[RouteId] {
-        let start = candidates.start as usize;
-        &self.candidates[start..start + candidates.len as usize]
+    #[inline]
+    fn run<'a>(&'a self, candidates: &'a Candidates) -> &'a [RouteId] {
+        candidates.ids(&self.candidates)
+    }
+
+    /// Returns the bit set of routes without method or header conditions,
+    /// for `Probe::unconditional`.
+    pub(crate) fn unconditional(&self) -> &[u64] {
+        &self.unconditional
     }
 
     /// Returns the sizes and counters of the FIT and the CRA.
@@ -299,6 +337,7 @@ impl HostIndex {
             + self.listed_bytes.len()
             + self.paths.arena_bytes()
             + std::mem::size_of_val::<[RouteId]>(&self.candidates)
+            + std::mem::size_of_val::<[u64]>(&self.unconditional)
     }
 }
 
@@ -414,6 +453,9 @@ impl IndexBuilder {
     fn finish(self, sizing: FitSizing, counters: Arc<FitCounters>) -> HostIndex {
         let mut candidates: Vec<RouteId> = Vec::new();
         let mut push_run = |ids: &[RouteId]| {
+            if let [id] = ids {
+                return Candidates { start: *id, len: 1 };
+            }
             let run = Candidates {
                 start: candidates.len() as u32,
                 len: ids.len() as u32,
@@ -463,7 +505,7 @@ impl IndexBuilder {
                     let key = path_key(bucket, prefix.as_bytes());
                     path_entries.push((key, MatchKind::Prefix, push_run(ids)));
                 }
-                BucketPaths::Tree
+                BucketPaths::Tree(bucket)
             };
             buckets.push(Bucket {
                 paths,
@@ -484,7 +526,7 @@ impl IndexBuilder {
         let mut exact = Fit::with_capacity(capacity, sizing.load_factor);
         exact.set_counters(counters);
         for (host, bucket) in self.exact {
-            exact.insert(host.as_bytes(), bucket);
+            exact.insert(host.as_bytes(), buckets[bucket as usize]);
         }
         exact.shrink_to_fit();
         let wildcard = self
@@ -502,6 +544,7 @@ impl IndexBuilder {
             listed_bytes: listed_bytes.into_boxed_slice(),
             paths: paths.build(),
             candidates: candidates.into_boxed_slice(),
+            unconditional: Box::default(),
         }
     }
 }

@@ -372,6 +372,7 @@ impl RouteTable {
         let path = normalize_path(request.path);
         let mut probe = Probe {
             routes: &self.routes,
+            unconditional: self.index.unconditional(),
             path: &path,
             method: request.method,
             headers: request.headers,
