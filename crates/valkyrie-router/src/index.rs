@@ -138,13 +138,33 @@ enum BucketPaths {
     Tree(BucketId),
 }
 
-/// One path of a listed bucket; its bytes are in `HostIndex::listed_bytes`.
+/// Paths up to this length are stored in their `ListedPath`, which keeps
+/// the entry at 32 bytes.
+const INLINE_PATH_LEN: usize = 15;
+
+/// One path of a listed bucket. A path of at most `INLINE_PATH_LEN` bytes
+/// is in `inline`, so a scan reads no other array; a longer one is at
+/// `start` in `HostIndex::listed_bytes`.
 #[derive(Clone, Copy, Debug)]
 struct ListedPath {
+    candidates: Candidates,
     start: u32,
     len: u32,
     prefix: bool,
-    candidates: Candidates,
+    inline: [u8; INLINE_PATH_LEN],
+}
+
+impl ListedPath {
+    #[inline]
+    fn path<'a>(&'a self, listed_bytes: &'a [u8]) -> &'a [u8] {
+        let len = self.len as usize;
+        if len <= INLINE_PATH_LEN {
+            &self.inline[..len]
+        } else {
+            let start = self.start as usize;
+            &listed_bytes[start..start + len]
+        }
+    }
 }
 
 /// The routes of one host bucket.
@@ -258,8 +278,7 @@ impl HostIndex {
         let path = probe.path.as_bytes();
         let listed = &self.listed[start as usize..(start + len) as usize];
         for entry in listed {
-            let bytes =
-                &self.listed_bytes[entry.start as usize..(entry.start + entry.len) as usize];
+            let bytes = entry.path(&self.listed_bytes);
             let matches = if entry.prefix {
                 path.starts_with(bytes)
             } else {
@@ -377,6 +396,30 @@ pub struct IndexStats {
     pub heap_bytes: usize,
 }
 
+/// Creates a listed path, appending it to `listed_bytes` if it is too long
+/// to store inline.
+fn listed_path(
+    path: &str,
+    prefix: bool,
+    candidates: Candidates,
+    listed_bytes: &mut Vec<u8>,
+) -> ListedPath {
+    let mut entry = ListedPath {
+        candidates,
+        start: 0,
+        len: path.len() as u32,
+        prefix,
+        inline: [0; INLINE_PATH_LEN],
+    };
+    if path.len() <= INLINE_PATH_LEN {
+        entry.inline[..path.len()].copy_from_slice(path.as_bytes());
+    } else {
+        entry.start = listed_bytes.len() as u32;
+        listed_bytes.extend_from_slice(path.as_bytes());
+    }
+    entry
+}
+
 fn path_key(bucket: BucketId, path: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(BUCKET_KEY_LEN + path.len());
     key.extend_from_slice(&bucket.to_be_bytes());
@@ -484,13 +527,7 @@ impl IndexBuilder {
                 // Exact paths first, then prefixes from the longest.
                 entries.sort_by_key(|(path, prefix, _)| (*prefix, Reverse(path.len())));
                 for (path, prefix, ids) in entries {
-                    listed.push(ListedPath {
-                        start: listed_bytes.len() as u32,
-                        len: path.len() as u32,
-                        prefix,
-                        candidates: push_run(ids),
-                    });
-                    listed_bytes.extend_from_slice(path.as_bytes());
+                    listed.push(listed_path(path, prefix, push_run(ids), &mut listed_bytes));
                 }
                 BucketPaths::Listed {
                     start,
@@ -546,5 +583,33 @@ impl IndexBuilder {
             candidates: candidates.into_boxed_slice(),
             unconditional: Box::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_path_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<ListedPath>(), 32);
+    }
+
+    #[test]
+    fn listed_paths_inline_and_spilled() {
+        let mut listed_bytes = Vec::new();
+        let run = Candidates { start: 3, len: 1 };
+        let short = "/api/v1/";
+        let exact_fit = "/fifteen-bytes/";
+        let long = "/a/path/longer/than/fifteen/bytes";
+        assert_eq!(exact_fit.len(), INLINE_PATH_LEN);
+        let entries: Vec<ListedPath> = [short, exact_fit, long]
+            .iter()
+            .map(|path| listed_path(path, true, run, &mut listed_bytes))
+            .collect();
+        assert_eq!(listed_bytes, long.as_bytes(), "only the long path spills");
+        assert_eq!(entries[0].path(&listed_bytes), short.as_bytes());
+        assert_eq!(entries[1].path(&listed_bytes), exact_fit.as_bytes());
+        assert_eq!(entries[2].path(&listed_bytes), long.as_bytes());
     }
 }
