@@ -553,7 +553,7 @@ impl Forward<'_> {
                         "protocol upgrades need an HTTP/1.1 upstream; this upstream speaks HTTP/2",
                     ));
                 }
-                pool.connect(&addresses).await?
+                Box::pin(pool.connect(&addresses)).await?
             } else {
                 pool.checkout(&addresses).await?
             }
@@ -608,7 +608,7 @@ impl Forward<'_> {
                 debug!(upstream = %self.upstream.name, endpoint = %endpoint.address, %error, "pooled connection was closed by the upstream; retrying on a new connection");
                 let fresh = {
                     let _pending = self.upstream.start_pending()?;
-                    pool.connect(&addresses).await?
+                    Box::pin(pool.connect(&addresses)).await?
                 };
                 conn = fresh.conn;
                 reused = false;

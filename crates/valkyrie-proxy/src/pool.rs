@@ -101,7 +101,7 @@ impl Pool {
                     reused: true,
                 });
             }
-            return self.connect(addresses).await;
+            return Box::pin(self.connect(addresses)).await;
         }
         while let Some(mut sender) = self.pop_idle() {
             // The connection task marks the connection ready a moment after the
@@ -115,7 +115,9 @@ impl Pool {
             }
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
         }
-        self.connect(addresses).await
+        // Connecting (TCP, TLS, handshake) is a large state machine that
+        // pooled requests never run, so it lives on the heap when it does.
+        Box::pin(self.connect(addresses)).await
     }
 
     fn shared_http2(&self) -> Option<http2::SendRequest<ProxyBody>> {
