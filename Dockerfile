@@ -1,6 +1,5 @@
-# syntax=docker/dockerfile:1
-#
-# Valkyrie routing image. Build and run:
+# Valkyrie routing image. Build and run (BuildKit, the default builder
+# since Docker 23, runs the cache mounts below):
 #
 #   docker build -t valkyrie-routing .
 #   docker run --rm -p 8080:8080 -p 9090:9090 \
