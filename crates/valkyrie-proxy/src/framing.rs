@@ -264,7 +264,8 @@ impl RequestFramer {
     fn finish_head(&mut self) {
         let next = if self.upgrade {
             // After a protocol switch the bytes belong to the new protocol.
-            // A refused upgrade leaves the rest of this connection unchecked.
+            // The handler closes the connection when the upgrade is refused,
+            // so no unchecked request follows on it.
             State::Passthrough
         } else if self.chunked {
             State::ChunkSize

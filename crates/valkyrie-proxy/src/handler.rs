@@ -90,6 +90,8 @@ pub async fn handle(
 
     let method = request.method().clone();
     let version = request.version();
+    let upgrade_requested =
+        version == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
     // A `Uri` clone shares its bytes, so the record costs no copy of the path.
     let uri = request.uri().clone();
     let host = request_host(&request).map(str::to_string);
@@ -123,7 +125,16 @@ pub async fn handle(
 
     let status = response.status().as_u16();
     let after_head = Instant::now();
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    if upgrade_requested && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        // The raw-byte framing check stops at an upgrade request's head,
+        // because the bytes after it may belong to the new protocol. When
+        // the upgrade is refused, closing the connection keeps unchecked
+        // HTTP/1.1 bytes from following on it.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let state = context.state.clone();
     let activity = context.activity.clone();
     let client = context.client.peer;

@@ -383,6 +383,25 @@ async fn userinfo_in_authority_rejected() {
     );
 }
 
+/// The framing check ends at an upgrade request's head, so a refused
+/// upgrade closes the connection: a request pipelined after it with a bare
+/// LF never reaches the upstream.
+#[tokio::test]
+async fn refused_upgrade_closes_connection() {
+    let alpha = upstream("alpha", Behavior::Name).await;
+    let router = router(&single_upstream(alpha.address, "")).await;
+    let bytes = b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET /smuggled HTTP/1.1\nHost: t\n\n";
+    let (text, closed) = raw_exchange(router.address, bytes, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "got {text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "got {text:?}"
+    );
+    assert!(closed, "connection left open after a refused upgrade");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "got {text:?}");
+    assert_eq!(alpha.request_count(), 1);
+}
+
 #[tokio::test]
 async fn oversized_header_gets_431() {
     let alpha = upstream("alpha", Behavior::Name).await;
