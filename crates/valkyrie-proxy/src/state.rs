@@ -91,9 +91,9 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a validated config. Upstreams whose config did
-    /// not change are taken over from `previous`, with their pools and health,
-    /// so a reload keeps warm connections.
+    /// Builds a snapshot from a validated config. Upstreams whose config and
+    /// TLS files did not change are taken over from `previous`, with their
+    /// pools and health, so a reload keeps warm connections.
     pub async fn build(
         config: Arc<Config>,
         previous: Option<&Snapshot>,
@@ -127,6 +127,7 @@ impl Snapshot {
                     old.config == *upstream_config
                         && previous.config.routing.connection_pool_size
                             == config.routing.connection_pool_size
+                        && !old.tls_files_changed()
                 })
             });
             let upstream = match kept {

@@ -125,6 +125,9 @@ pub struct Upstream {
     /// Set while every endpoint is out of rotation and traffic goes to all.
     failing_open: AtomicBool,
     epoch: Instant,
+    /// [`crate::tls::files_fingerprint`] of the TLS files this upstream
+    /// was built with.
+    tls_files: u64,
 }
 
 impl Upstream {
@@ -148,6 +151,7 @@ impl Upstream {
         let pool_size = config.pool_size.unwrap_or(default_pool_size);
         let http2 = config.protocol == UpstreamProtocol::Http2;
         let epoch = Instant::now();
+        let tls_files = crate::tls::files_fingerprint(config);
         let tls = crate::tls::UpstreamTls::from_upstream(config);
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for endpoint in &config.endpoints {
@@ -206,7 +210,15 @@ impl Upstream {
             health_known: AtomicBool::new(health_known),
             failing_open: AtomicBool::new(false),
             epoch,
+            tls_files,
         })
+    }
+
+    /// Returns true when a TLS file of the upstream (CA bundle, client
+    /// certificate or key) changed on disk since the upstream was built.
+    /// Reads those files, so call it on reloads, not per request.
+    pub fn tls_files_changed(&self) -> bool {
+        crate::tls::files_fingerprint(&self.config) != self.tls_files
     }
 
     /// Returns true once every endpoint has an active-check verdict, or at

@@ -756,6 +756,48 @@ async fn upstream_tls_rejects_unknown_ca_and_name() {
     );
 }
 
+/// A reload rebuilds an upstream whose CA file was replaced, although its
+/// settings are the same.
+#[tokio::test]
+async fn upstream_ca_file_reread_on_reload() {
+    let dir = TempDir::new("upstream-ca-reload");
+    let ca = Ca::new("upstream CA");
+    let other = Ca::new("other CA");
+    std::fs::write(dir.join("ca.pem"), other.pem()).unwrap();
+    let (address, _seen) = tls_upstream(&ca.issue(&["backend.internal"]), None).await;
+    let tls = format!(
+        "ca_path = \"{}\", server_name = \"backend.internal\"",
+        dir.join("ca.pem").display()
+    );
+    let config_text = tls_upstream_config(address, "http1", &tls);
+    let router = common::router(&config_text).await;
+    let response = common::client().get(router.url("/x")).send().await.unwrap();
+    assert_eq!(response.status(), 502, "the wrong CA was accepted");
+
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let state = router.state();
+    let config: valkyrie_config::Config = toml::from_str(&config_text).unwrap();
+    let current = state.snapshot.load_full();
+    let next = Snapshot::build(Arc::new(config), Some(&current))
+        .await
+        .unwrap();
+    assert!(
+        !Arc::ptr_eq(&next.upstreams[0], &current.upstreams[0]),
+        "the upstream was kept although its CA file changed"
+    );
+    state.publish(next);
+    let response = common::client().get(router.url("/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the new CA file was not read");
+
+    // Unchanged files keep the upstream and its pool.
+    let current = state.snapshot.load_full();
+    let config: valkyrie_config::Config = toml::from_str(&config_text).unwrap();
+    let next = Snapshot::build(Arc::new(config), Some(&current))
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&next.upstreams[0], &current.upstreams[0]));
+}
+
 #[tokio::test]
 async fn status_and_expiry_report_certificates() {
     let site = Site::new();

@@ -63,6 +63,25 @@ impl UpstreamTls {
     }
 }
 
+/// Hashes the contents of the CA bundle, client certificate and client key
+/// files that `config` names, so a reload can tell that one was replaced.
+/// A file that cannot be read hashes as missing.
+pub fn files_fingerprint(config: &UpstreamConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(tls) = config.tls.as_ref() else {
+        return 0;
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in [&tls.ca_path, &tls.client_cert_path, &tls.client_key_path]
+        .into_iter()
+        .flatten()
+    {
+        path.hash(&mut hasher);
+        std::fs::read(path).ok().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// Returns the host of `host:port`, without the brackets of an IPv6 address.
 fn endpoint_host(address: &str) -> &str {
     let host = match address.rsplit_once(':') {

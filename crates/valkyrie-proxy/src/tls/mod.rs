@@ -11,7 +11,7 @@ mod terminator;
 
 pub use certs::{load_ca_bundle, load_files, unix_now, CertError, LoadedCertificate, PemPair};
 pub use check::{check_files, FileProblem};
-pub use client::{client_config, EndpointTls, UpstreamTls};
+pub use client::{client_config, files_fingerprint, EndpointTls, UpstreamTls};
 pub use store::{
     CertificateExpiry, CertificateSpec, CertificateStatus, CertificateStore, SniResolver,
 };
