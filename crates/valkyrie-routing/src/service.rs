@@ -52,9 +52,15 @@ pub fn run(config: Config, source: Option<PathBuf>, on_ready: Option<OnReady>) -
             return ExitCode::FAILURE;
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker needs no work stealing: the current-thread scheduler runs
+    // every task on this thread without cross-thread wake-ups.
+    let mut runtime = if config.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     runtime.enable_all();
-    if config.server.worker_threads > 0 {
+    if config.server.worker_threads > 1 {
         runtime.worker_threads(config.server.worker_threads);
     }
     let runtime = match runtime.build() {

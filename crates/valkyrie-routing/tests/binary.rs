@@ -220,9 +220,24 @@ fn missing_config_file_fails_clearly() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
+    drains_in_flight_requests(0).await;
+}
+
+/// One worker thread runs the current-thread scheduler, which the proxy
+/// comparison uses.
+#[tokio::test]
+async fn sigterm_drains_with_one_worker() {
+    drains_in_flight_requests(1).await;
+}
+
+async fn drains_in_flight_requests(worker_threads: usize) {
     let upstream = named_upstream("slow", Duration::from_millis(1500)).await;
     let (port, metrics_port) = (free_port(), free_port());
-    let config = temp_config(&router_config(port, metrics_port, upstream, "/"));
+    let text = router_config(port, metrics_port, upstream, "/").replace(
+        "[server]\n",
+        &format!("[server]\nworker_threads = {worker_threads}\n"),
+    );
+    let config = temp_config(&text);
     let mut process = Process::start(&["--config", config.path().to_str().unwrap()]);
     wait_until_listening(port).await;
     wait_until_listening(metrics_port).await;
