@@ -93,6 +93,149 @@ struct Slot {
     key_len: u16,
 }
 
+/// The fields a lookup reads, copied out of a [`Fit`]: where its tag
+/// groups, slots and records are, and the group count. A
+/// [`crate::ShardedFit`] keeps one per shard in a flat array, so that a
+/// lookup reaches the tags without first loading the shard's header.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FitHead {
+    tags: *const TagGroup,
+    slots: *const Slot,
+    arena: *const MaybeUninit<u64>,
+    group_count: usize,
+}
+
+impl FitHead {
+    /// Returns the slot of `key`, if present, with the arena word of its
+    /// record, and the collisions counted on the way. The home group is
+    /// checked here, and the rare probe past it is a separate function,
+    /// which keeps this one small enough to inline.
+    ///
+    /// # Safety
+    ///
+    /// `self` was taken with [`Fit::head`] from a `Fit<V>` that is alive and
+    /// has not been changed since.
+    #[inline(always)]
+    pub(crate) unsafe fn find<V>(&self, key: &[u8], hash: u64) -> (Option<(usize, u32)>, u64) {
+        let group_index = home_group(hash, self.group_count);
+        let mut collisions = 0;
+        // SAFETY (this block and the calls below): `home_group` returns a
+        // group below `group_count`, and the caller keeps the table alive
+        // and unchanged.
+        unsafe {
+            if let Some(found) = self.find_in_group::<V>(key, hash, group_index, &mut collisions) {
+                return (Some(found), collisions);
+            }
+            if !(*self.tags.add(group_index)).may_overflow(hash) {
+                return (None, collisions);
+            }
+            self.find_past_home::<V>(key, hash, group_index, collisions)
+        }
+    }
+
+    /// Continues `find` in the groups after the home group.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`], and `home` is below the group count.
+    #[cold]
+    #[inline(never)]
+    unsafe fn find_past_home<V>(
+        &self,
+        key: &[u8],
+        hash: u64,
+        home: usize,
+        mut collisions: u64,
+    ) -> (Option<(usize, u32)>, u64) {
+        let group_count = self.group_count;
+        let step = probe_step(hash, group_count);
+        let mut group_index = home;
+        // The home group was the first of `group_count` probes.
+        for _ in 1..group_count {
+            group_index = next_group(group_index, step, group_count);
+            collisions += 1;
+            // SAFETY: `next_group` stays below `group_count`.
+            unsafe {
+                if let Some(found) =
+                    self.find_in_group::<V>(key, hash, group_index, &mut collisions)
+                {
+                    return (Some(found), collisions);
+                }
+                if !(*self.tags.add(group_index)).may_overflow(hash) {
+                    break;
+                }
+            }
+        }
+        (None, collisions)
+    }
+
+    /// Looks for `key` in one group, counting tag matches whose key
+    /// differed.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`], and `group_index` is below the group count.
+    #[inline(always)]
+    unsafe fn find_in_group<V>(
+        &self,
+        key: &[u8],
+        hash: u64,
+        group_index: usize,
+        collisions: &mut u64,
+    ) -> Option<(usize, u32)> {
+        let first_slot = group_index * GROUP_WIDTH;
+        // SAFETY: the group has `GROUP_WIDTH` slots from `first_slot` in
+        // the slot array, and an occupied slot (one with a tag) names a
+        // record of `slot.key_len` key bytes in the arena.
+        unsafe {
+            let slots = self.slots.add(first_slot);
+            // The seven slots span one or two cache lines.
+            prefetch(&*slots);
+            prefetch(&*slots.add(GROUP_WIDTH - 1));
+            let mut matches = (*self.tags.add(group_index)).match_slots(tag_of(hash));
+            while matches != 0 {
+                let lane = matches.trailing_zeros() as usize;
+                matches &= matches - 1;
+                let slot = *slots.add(lane);
+                // A key longer than `MAX_KEY_LEN` never has a matching length.
+                if usize::from(slot.key_len) == key.len()
+                    && keys_equal(self.record_key::<V>(slot.record, key.len()), key)
+                {
+                    return Some((first_slot + lane, slot.record));
+                }
+                *collisions += 1;
+            }
+        }
+        None
+    }
+
+    /// Returns the key bytes of the record at `word`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`], and `word` is the record of an occupied
+    /// slot whose key is `key_len` bytes long.
+    #[inline(always)]
+    unsafe fn record_key<'a, V>(&self, word: u32, key_len: usize) -> &'a [u8] {
+        let start = word as usize * WORD + size_of::<V>();
+        // SAFETY: `append_record` wrote the key's `key_len` bytes there.
+        unsafe { std::slice::from_raw_parts(self.arena.cast::<u8>().add(start), key_len) }
+    }
+
+    /// Returns the value of the record at `word`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`], and `word` is the record of an occupied
+    /// slot. The returned reference must not outlive the table.
+    #[inline(always)]
+    pub(crate) unsafe fn value<'a, V>(&self, word: u32) -> &'a V {
+        // SAFETY: `append_record` wrote a `V` at the start of the record,
+        // and a word boundary is aligned for `V`.
+        unsafe { &*self.arena.add(word as usize).cast::<V>() }
+    }
+}
+
 impl TagGroup {
     const EMPTY: TagGroup = TagGroup {
         tags: [EMPTY; LANES],
@@ -273,6 +416,17 @@ impl<V: Copy> Fit<V> {
     /// Panics if `load_factor` is not in `(0, 0.9375]` ([`MAX_LOAD_FACTOR`]),
     /// or if the slot count overflows `usize`.
     pub fn with_capacity(capacity: usize, load_factor: f64) -> Self {
+        Self::with_capacity_and_hasher(capacity, load_factor, RandomState::default())
+    }
+
+    /// Creates a table like [`Fit::with_capacity`] that hashes keys with
+    /// `hasher`, so that tables built with clones of one hasher agree on
+    /// every key's hash.
+    pub(crate) fn with_capacity_and_hasher(
+        capacity: usize,
+        load_factor: f64,
+        hasher: RandomState,
+    ) -> Self {
         const {
             assert!(
                 align_of::<V>() <= WORD,
@@ -293,7 +447,7 @@ impl<V: Copy> Fit<V> {
             len: 0,
             growth_limit: growth_limit(group_count, load_factor),
             max_load_factor: load_factor,
-            hasher: RandomState::default(),
+            hasher,
             counters: FitCounters::new(),
             counting: true,
             values: PhantomData,
@@ -481,9 +635,7 @@ impl<V: Copy> Fit<V> {
 
     #[inline(always)]
     fn hash(&self, key: &[u8]) -> u64 {
-        let mut hasher = self.hasher.build_hasher();
-        hasher.write(key);
-        hasher.finish()
+        hash_key(&self.hasher, key)
     }
 
     #[inline(always)]
@@ -503,77 +655,24 @@ impl<V: Copy> Fit<V> {
     }
 
     /// Returns the slot of `key`, if present, with the arena word of its
-    /// record, and the collisions counted on the way. The home group is
-    /// checked here, and the rare probe past it is a separate function,
-    /// which keeps this one small enough to inline.
+    /// record, and the collisions counted on the way.
     #[inline(always)]
     fn find(&self, key: &[u8], hash: u64) -> (Option<(usize, u32)>, u64) {
-        let group_index = home_group(hash, self.tags.len());
-        let mut collisions = 0;
-        if let Some(found) = self.find_in_group(key, hash, group_index, &mut collisions) {
-            return (Some(found), collisions);
-        }
-        if !self.tags[group_index].may_overflow(hash) {
-            return (None, collisions);
-        }
-        self.find_past_home(key, hash, group_index, collisions)
+        // SAFETY: the head is taken from `self` and used while `&self`
+        // keeps the table unchanged.
+        unsafe { self.head().find::<V>(key, hash) }
     }
 
-    /// Continues `find` in the groups after the home group.
-    #[cold]
-    #[inline(never)]
-    fn find_past_home(
-        &self,
-        key: &[u8],
-        hash: u64,
-        home: usize,
-        mut collisions: u64,
-    ) -> (Option<(usize, u32)>, u64) {
-        let group_count = self.tags.len();
-        let step = probe_step(hash, group_count);
-        let mut group_index = home;
-        // The home group was the first of `group_count` probes.
-        for _ in 1..group_count {
-            group_index = next_group(group_index, step, group_count);
-            collisions += 1;
-            if let Some(found) = self.find_in_group(key, hash, group_index, &mut collisions) {
-                return (Some(found), collisions);
-            }
-            if !self.tags[group_index].may_overflow(hash) {
-                break;
-            }
-        }
-        (None, collisions)
-    }
-
-    /// Looks for `key` in one group, counting tag matches whose key
-    /// differed.
+    /// Returns the lookup fields of the table. They stay valid until the
+    /// table is changed or dropped.
     #[inline(always)]
-    fn find_in_group(
-        &self,
-        key: &[u8],
-        hash: u64,
-        group_index: usize,
-        collisions: &mut u64,
-    ) -> Option<(usize, u32)> {
-        let first_slot = group_index * GROUP_WIDTH;
-        // The seven slots span one or two cache lines.
-        prefetch(&self.slots[first_slot]);
-        prefetch(&self.slots[first_slot + GROUP_WIDTH - 1]);
-        let mut matches = self.tags[group_index].match_slots(tag_of(hash));
-        while matches != 0 {
-            let slot_index = first_slot + matches.trailing_zeros() as usize;
-            matches &= matches - 1;
-            let slot = self.slots[slot_index];
-            // A key longer than `MAX_KEY_LEN` never has a matching length.
-            if usize::from(slot.key_len) == key.len()
-                && record_key::<V>(&self.arena, slot.record, key.len()) == key
-            {
-                return Some((slot_index, slot.record));
-            }
-            *collisions += 1;
+    pub(crate) fn head(&self) -> FitHead {
+        FitHead {
+            tags: self.tags.as_ptr(),
+            slots: self.slots.as_ptr(),
+            arena: self.arena.as_ptr(),
+            group_count: self.tags.len(),
         }
-        None
     }
 
     /// Writes the tag, key length and record of a new key into the first
@@ -755,6 +854,41 @@ impl<'a, V: Copy> Iterator for Iter<'a, V> {
         }
         None
     }
+}
+
+/// Compares two keys of the same length. Keys of 4 to 16 bytes, such as
+/// `tenant-0000123`, are compared as two overlapping words each, which
+/// avoids a call to `memcmp`.
+#[inline(always)]
+fn keys_equal(stored: &[u8], key: &[u8]) -> bool {
+    debug_assert_eq!(stored.len(), key.len());
+    let len = key.len();
+    let read_u64 = |bytes: &[u8], at: usize| {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+    };
+    let read_u32 = |bytes: &[u8], at: usize| {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+    };
+    if (8..=16).contains(&len) && stored.len() == len {
+        let head = read_u64(stored, 0) ^ read_u64(key, 0);
+        let tail = read_u64(stored, len - 8) ^ read_u64(key, len - 8);
+        return head | tail == 0;
+    }
+    if (4..8).contains(&len) && stored.len() == len {
+        let head = read_u32(stored, 0) ^ read_u32(key, 0);
+        let tail = read_u32(stored, len - 4) ^ read_u32(key, len - 4);
+        return head | tail == 0;
+    }
+    stored == key
+}
+
+/// Hashes `key` with `hasher`: the hash every table built with a clone of
+/// `hasher` computes for it.
+#[inline(always)]
+pub(crate) fn hash_key(hasher: &RandomState, key: &[u8]) -> u64 {
+    let mut state = hasher.build_hasher();
+    state.write(key);
+    state.finish()
 }
 
 /// Returns the tag of a hash: its low 16 bits, with 0 (the empty marker)

@@ -4,6 +4,8 @@
 //!
 //! - [`fit::Fit`]: open-addressing table from byte-string keys (host names,
 //!   routing keys) to values, with 16-bit fingerprints per slot.
+//! - [`sharded::ShardedFit`]: FIT shards shared between clones, copied on
+//!   write, for large tables that change in batches (key tables).
 //! - [`cra::Cra`]: path-compressed radix tree with exact and prefix entries,
 //!   built per snapshot into one arena.
 //! - [`rcu::Rcu`] and [`rcu::Publisher`]: immutable snapshots that readers
@@ -17,6 +19,7 @@
 pub mod cra;
 pub mod fit;
 pub mod rcu;
+pub mod sharded;
 mod sync;
 
 pub use cra::{Cra, CraBuilder, MatchKind};
@@ -24,3 +27,4 @@ pub use fit::{Fit, FitCounters, FitStats, FitTally};
 pub use rcu::{
     Publisher, PublisherConfig, PublisherStats, Rcu, RcuReader, RcuStats, Snapshot, SnapshotGuard,
 };
+pub use sharded::ShardedFit;

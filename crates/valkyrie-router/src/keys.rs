@@ -2,11 +2,13 @@
 //! parameter) to an upstream, or to one endpoint of it, through a table
 //! that may hold millions of entries.
 //!
-//! A [`KeyTable`] splits its entries into shards by a mix of the key's
-//! first and last bytes, each shard a FIT behind an `Arc`. A published
-//! table is never changed: an update clones the table, which copies only
-//! the shard pointers, and then copies each shard it changes. So a batch of
-//! updates costs the shards it touches, not the whole table.
+//! A [`KeyTable`] keeps its entries in a [`ShardedFit`]: FIT shards behind
+//! `Arc`s, picked by bits of the key's hash. A published table is never
+//! changed: an update clones the table, which copies only the shard
+//! pointers, and then copies each shard it changes. So a batch of updates
+//! costs the shards it touches, not the whole table. A lookup hashes the
+//! key once and reads the shard's tag and slot positions from a flat
+//! array in the table, so it does not load the `Arc` or the shard's header.
 //!
 //! Entry files have one entry per line, `key,upstream` or
 //! `key,upstream,endpoint`; [`parse_entries`] reads them and names the line
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 use valkyrie_config::{Config, KeySource};
-use valkyrie_lockfree::{Fit, FitCounters, FitTally};
+use valkyrie_lockfree::{FitCounters, FitTally, ShardedFit};
 
 /// Entries per shard that the shard count aims for when a table is built.
 const ENTRIES_PER_SHARD: usize = 4096;
@@ -231,8 +233,7 @@ pub struct KeyTable {
     name: Arc<str>,
     spec: KeySpec,
     default: Option<KeyTarget>,
-    shards: Box<[Arc<Fit<KeyTarget>>]>,
-    len: usize,
+    entries: ShardedFit<KeyTarget>,
 }
 
 impl KeyTable {
@@ -258,20 +259,11 @@ impl KeyTable {
         } else {
             capacity.div_ceil(shard_count) * 21 / 20 + 32
         };
-        let shards = (0..shard_count)
-            .map(|_| {
-                let mut fit = Fit::with_capacity(per_shard, sizing.load_factor);
-                fit.set_counters(Arc::clone(counters));
-                fit.set_counting(false);
-                Arc::new(fit)
-            })
-            .collect();
         KeyTable {
             name: Arc::from(name),
             spec,
             default,
-            shards,
-            len: 0,
+            entries: ShardedFit::new(shard_count, per_shard, sizing.load_factor, counters),
         }
     }
 
@@ -292,23 +284,23 @@ impl KeyTable {
 
     /// Returns the number of entries.
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     /// Returns true if the table has no entries.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.entries.is_empty()
     }
 
     /// Looks up `key`, counting the FIT lookup in `tally`.
     #[inline]
     pub fn get_tallied(&self, key: &[u8], tally: &mut FitTally) -> Option<KeyTarget> {
-        self.shard(key).get_tallied(key, tally).copied()
+        self.entries.get_tallied(key, tally).copied()
     }
 
     /// Looks up `key`, without counting.
     pub fn get(&self, key: &[u8]) -> Option<KeyTarget> {
-        self.shard(key).get(key).copied()
+        self.entries.get(key).copied()
     }
 
     /// Resolves a request key (`None` when the request has none) to an
@@ -330,46 +322,30 @@ impl KeyTable {
     ///
     /// Panics if `key` is longer than [`MAX_KEY_LEN`].
     pub fn insert(&mut self, key: &[u8], target: KeyTarget) -> Option<KeyTarget> {
-        let index = self.shard_index(key);
-        let replaced = Arc::make_mut(&mut self.shards[index]).insert(key, target);
-        if replaced.is_none() {
-            self.len += 1;
-        }
-        replaced
+        self.entries.insert(key, target)
     }
 
     /// Removes an entry, copying its shard first if a published snapshot
     /// shares it and the key is present. Returns the removed target.
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyTarget> {
-        let index = self.shard_index(key);
-        if !self.shards[index].contains_key(key) {
-            return None;
-        }
-        let removed = Arc::make_mut(&mut self.shards[index]).remove(key);
-        if removed.is_some() {
-            self.len -= 1;
-        }
-        removed
+        self.entries.remove(key)
     }
 
     /// Releases spare key-arena capacity of every shard that no other
     /// table shares. Call it once a table is fully loaded.
     pub fn shrink_to_fit(&mut self) {
-        for shard in self.shards.iter_mut() {
-            if let Some(shard) = Arc::get_mut(shard) {
-                shard.shrink_to_fit();
-            }
-        }
+        self.entries.shrink_to_fit();
     }
 
     /// Returns the entry count, shard count, slots and heap bytes.
     pub fn stats(&self) -> KeyTableStats {
+        let shards = self.entries.shards();
         let mut stats = KeyTableStats {
-            entries: self.len,
-            shards: self.shards.len(),
+            entries: self.entries.len(),
+            shards: shards.len(),
             ..KeyTableStats::default()
         };
-        for shard in self.shards.iter() {
+        for shard in shards {
             stats.slots += shard.slots();
             stats.heap_bytes += shard.heap_bytes();
         }
@@ -378,50 +354,8 @@ impl KeyTable {
 
     /// Returns every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], KeyTarget)> + '_ {
-        self.shards
-            .iter()
-            .flat_map(|shard| shard.iter().map(|(key, target)| (key, *target)))
+        self.entries.iter().map(|(key, target)| (key, *target))
     }
-
-    #[inline]
-    fn shard(&self, key: &[u8]) -> &Fit<KeyTarget> {
-        &self.shards[self.shard_index(key)]
-    }
-
-    /// Picks a shard from a fixed mix of the key's first and last 8 bytes
-    /// and its length, so that clones of a table and tables built from the
-    /// same entries agree. A full hash of the key here cost a quarter of the
-    /// lookup rate in `bench engine`, and the FIT hashes the key anyway.
-    /// Keys that differ only in their middle bytes share a shard, which
-    /// makes that shard's copies larger but lookups no slower.
-    #[inline]
-    fn shard_index(&self, key: &[u8]) -> usize {
-        if self.shards.len() == 1 {
-            return 0;
-        }
-        // The shard count is a power of two; the product's high bits mix
-        // every input bit.
-        let bits = self.shards.len().trailing_zeros();
-        (shard_mix(key) >> (64 - bits)) as usize
-    }
-}
-
-/// Mixes the first and last 8 bytes of `key` and its length into 64 bits.
-#[inline]
-fn shard_mix(key: &[u8]) -> u64 {
-    let len = key.len();
-    let (head, tail) = if len >= 8 {
-        let mut head = [0u8; 8];
-        let mut tail = [0u8; 8];
-        head.copy_from_slice(&key[..8]);
-        tail.copy_from_slice(&key[len - 8..]);
-        (u64::from_le_bytes(head), u64::from_le_bytes(tail))
-    } else {
-        let mut head = [0u8; 8];
-        head[..len].copy_from_slice(key);
-        (u64::from_le_bytes(head), 0)
-    };
-    (head ^ tail.rotate_left(29) ^ len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl std::fmt::Debug for KeyTable {
@@ -430,8 +364,8 @@ impl std::fmt::Debug for KeyTable {
             .field("name", &self.name)
             .field("spec", &self.spec)
             .field("default", &self.default)
-            .field("len", &self.len)
-            .field("shards", &self.shards.len())
+            .field("len", &self.entries.len())
+            .field("shards", &self.entries.shards().len())
             .finish()
     }
 }
@@ -625,9 +559,10 @@ mod tests {
             for i in 0..100_000 {
                 table.insert(format(i).as_bytes(), KeyTarget::new(0, None));
             }
-            let mean = 100_000 / table.shards.len();
-            let fullest = table.shards.iter().map(|shard| shard.len()).max().unwrap();
-            let emptiest = table.shards.iter().map(|shard| shard.len()).min().unwrap();
+            let shards = table.entries.shards();
+            let mean = 100_000 / shards.len();
+            let fullest = shards.iter().map(|shard| shard.len()).max().unwrap();
+            let emptiest = shards.iter().map(|shard| shard.len()).min().unwrap();
             assert!(fullest < mean * 6 / 5, "{} of {mean}", fullest);
             assert!(emptiest > mean * 4 / 5, "{} of {mean}", emptiest);
         }
