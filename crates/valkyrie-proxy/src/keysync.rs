@@ -10,7 +10,7 @@
 //! the channel also named `NAME`, a message listing the changed keys, one
 //! per line. An empty message requests a full read of the hash by every
 //! replica. [`write_changes`] does both steps in one `MULTI`/`EXEC`
-//! transaction, so a replica never sees the message without the change.
+//! transaction, so a replica never receives the message without the change.
 //!
 //! A replica reads the current value of each listed key with `HMGET`. A
 //! message therefore says which keys to look at, not what they hold:
@@ -360,7 +360,7 @@ async fn run(
                 redis = %address,
                 %error,
                 down_for_s = now.duration_since(since).as_secs(),
-                "cannot follow key tables in Redis; serving their last entries and retrying"
+                "cannot follow key tables in Redis; they keep the entries they have and the follower retries"
             );
             last_logged = Some(now);
         }
@@ -628,7 +628,7 @@ async fn load_table_once(
     status: &SyncStatus,
 ) -> Result<bool, String> {
     let started = Instant::now();
-    let (origin, hash, spec, default, names, sizing, counters, previous_len) = {
+    let (origin, hash, spec, default, names, sizing, counters, previous) = {
         let snapshot = state.snapshot.load();
         let Some(loaded) = snapshot
             .key_tables
@@ -650,9 +650,10 @@ async fn load_table_once(
             UpstreamNames::new(&snapshot.config),
             TableSizing::from_config(&snapshot.config),
             Arc::clone(snapshot.routes.fit_counters()),
-            loaded.table.len(),
+            Arc::clone(&loaded.table),
         )
     };
+    let previous_len = previous.len();
 
     let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut cursor: u64 = 0;
@@ -688,8 +689,12 @@ async fn load_table_once(
                 new_table.insert(key, target);
             }
             Err(problem) => {
+                // As with a change message, the key keeps the entry it had.
+                if let Some(target) = previous.get(key) {
+                    new_table.insert(key, target);
+                }
                 if invalid < LOGGED_INVALID {
-                    warn!(table, hash = %hash, %problem, "skipped an invalid key-table entry in Redis");
+                    warn!(table, hash = %hash, %problem, "skipped an invalid key-table entry in Redis; the key keeps its previous entry, if any");
                 }
                 invalid += 1;
             }
@@ -742,16 +747,28 @@ pub fn connect(url: &str) -> Result<redis::Connection, String> {
     Ok(connection)
 }
 
+/// Counts reported by [`write_changes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Change messages published.
+    pub messages: usize,
+    /// Keys that HDEL removed; keys that were not in the hash do not count.
+    pub deleted: u64,
+    /// Subscribers that received the last message, as PUBLISH counts them:
+    /// the routers following the hash, on a single Redis server.
+    pub receivers: u64,
+}
+
 /// Writes upserts and deletes to hash `hash` and publishes the changed keys
 /// on the channel of the same name, in transactions of at most [`CHUNK`]
-/// keys each. Returns the number of messages published.
+/// keys each.
 pub fn write_changes(
     connection: &mut redis::Connection,
     hash: &str,
     upserts: &[(String, String)],
     deletes: &[String],
-) -> redis::RedisResult<usize> {
-    let mut messages = 0;
+) -> redis::RedisResult<WriteSummary> {
+    let mut summary = WriteSummary::default();
     for chunk in upserts.chunks(CHUNK) {
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -761,19 +778,22 @@ pub fn write_changes(
         }
         command.ignore();
         let keys: Vec<&str> = chunk.iter().map(|(key, _)| key.as_str()).collect();
-        pipe.cmd("PUBLISH").arg(hash).arg(keys.join("\n")).ignore();
-        pipe.query::<()>(connection)?;
-        messages += 1;
+        pipe.cmd("PUBLISH").arg(hash).arg(keys.join("\n"));
+        let (receivers,): (u64,) = pipe.query(connection)?;
+        summary.messages += 1;
+        summary.receivers = receivers;
     }
     for chunk in deletes.chunks(CHUNK) {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("HDEL").arg(hash).arg(chunk).ignore();
-        pipe.cmd("PUBLISH").arg(hash).arg(chunk.join("\n")).ignore();
-        pipe.query::<()>(connection)?;
-        messages += 1;
+        pipe.cmd("HDEL").arg(hash).arg(chunk);
+        pipe.cmd("PUBLISH").arg(hash).arg(chunk.join("\n"));
+        let (deleted, receivers): (u64, u64) = pipe.query(connection)?;
+        summary.messages += 1;
+        summary.deleted += deleted;
+        summary.receivers = receivers;
     }
-    Ok(messages)
+    Ok(summary)
 }
 
 /// Returns every key of hash `hash`.

@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     /// Configuration file to run with. When the default file is missing,
     /// built-in defaults are used.
-    #[arg(long, value_name = "FILE", default_value = "config/valkyrie.toml")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "config/valkyrie.toml",
+        global = true
+    )]
     pub config: PathBuf,
 
     /// Parse and validate FILE, print `configuration OK` or every error, and

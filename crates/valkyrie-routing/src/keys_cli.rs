@@ -120,7 +120,7 @@ fn checked_value(target: &Target, key: &str, value: &str) -> Result<String, Stri
 fn set(target: &Target, key: &str, value: &str) -> Result<String, String> {
     let value = checked_value(target, key, value)?;
     let mut connection = keysync::connect(&target.url)?;
-    keysync::write_changes(
+    let summary = keysync::write_changes(
         &mut connection,
         &target.hash,
         &[(key.to_string(), value.clone())],
@@ -128,9 +128,32 @@ fn set(target: &Target, key: &str, value: &str) -> Result<String, String> {
     )
     .map_err(|error| redis_failed(target, &error))?;
     Ok(format!(
-        "key table `{}`: set `{key}` to `{value}` in Redis hash `{}` and published the change",
-        target.table, target.hash
+        "key table `{}`: set `{key}` to `{value}` in Redis hash `{}`; {}",
+        target.table,
+        target.hash,
+        receivers(target, summary)
     ))
+}
+
+/// Describes who received the change messages. No subscriber means no
+/// router follows the hash on this server, which deserves a warning.
+fn receivers(target: &Target, summary: keysync::WriteSummary) -> String {
+    match summary.receivers {
+        0 => format!(
+            "warning: no router is subscribed to channel `{}`, so none applied the change yet (routers read the whole hash when they start or reconnect)",
+            target.hash
+        ),
+        1 => "1 subscribed router received the change".to_string(),
+        count => format!("{count} subscribed routers received the change"),
+    }
+}
+
+fn plural(count: usize, singular: &str, plural_form: &str) -> String {
+    if count == 1 {
+        format!("1 {singular}")
+    } else {
+        format!("{count} {plural_form}")
+    }
 }
 
 fn delete(target: &Target, keys: &[String]) -> Result<String, String> {
@@ -138,19 +161,26 @@ fn delete(target: &Target, keys: &[String]) -> Result<String, String> {
         keysync::check_key(key.as_bytes())?;
     }
     let mut connection = keysync::connect(&target.url)?;
-    keysync::write_changes(&mut connection, &target.hash, &[], keys)
+    let summary = keysync::write_changes(&mut connection, &target.hash, &[], keys)
         .map_err(|error| redis_failed(target, &error))?;
     Ok(format!(
-        "key table `{}`: deleted {} key(s) from Redis hash `{}` and published the change",
+        "key table `{}`: deleted {} of the {} given from Redis hash `{}` (the others were not in it); {}",
         target.table,
+        plural(summary.deleted as usize, "key", "keys"),
         keys.len(),
-        target.hash
+        target.hash,
+        receivers(target, summary)
     ))
 }
 
 fn import(target: &Target, file: &Path, replace: bool) -> Result<String, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+    let text = std::fs::read_to_string(file).map_err(|error| {
+        let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        format!(
+            "cannot read {}: {error}; FILE is relative to the current directory, not to the config file",
+            absolute.display()
+        )
+    })?;
     let lines = parse_entries(&text).map_err(|error| format!("{}: {error}", file.display()))?;
     let mut problems = Vec::new();
     let mut upserts = Vec::with_capacity(lines.len());
@@ -185,22 +215,26 @@ fn import(target: &Target, file: &Path, replace: bool) -> Result<String, String>
             .filter(|key| !listed.contains(key.as_str()))
             .collect();
     }
-    let messages = keysync::write_changes(&mut connection, &target.hash, &upserts, &deletes)
+    let written = keysync::write_changes(&mut connection, &target.hash, &upserts, &deletes)
         .map_err(|error| redis_failed(target, &error))?;
     let mut summary = format!(
-        "key table `{}`: wrote {} entries from {} to Redis hash `{}`",
+        "key table `{}`: wrote {} from {} to Redis hash `{}`",
         target.table,
-        upserts.len(),
+        plural(upserts.len(), "entry", "entries"),
         file.display(),
         target.hash
     );
     if replace {
         summary.push_str(&format!(
-            ", deleted {} key(s) the file does not list",
-            deletes.len()
+            ", deleted {} the file does not list",
+            plural(written.deleted as usize, "key", "keys")
         ));
     }
-    summary.push_str(&format!(", and published {messages} change message(s)"));
+    summary.push_str(&format!(
+        ", in {}; {}",
+        plural(written.messages, "transaction", "transactions"),
+        receivers(target, written)
+    ));
     Ok(summary)
 }
 

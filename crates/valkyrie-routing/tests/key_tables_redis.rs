@@ -339,7 +339,11 @@ async fn two_routers_converge_and_resync_after_redis_restarts() {
     let mut slowest = Duration::ZERO;
     for (round, tenant) in ["t1", "t3", "t5", "t7", "t9"].iter().enumerate() {
         let started = Instant::now();
-        keys_ok(&config_a, &["set", "tenants", tenant, "beta"]);
+        let summary = keys_ok(&config_a, &["set", "tenants", tenant, "beta"]);
+        assert!(
+            summary.contains("2 subscribed routers received the change"),
+            "{summary}"
+        );
         wait_for(&[&a, &b], tenant, "beta", CONVERGENCE).await;
         slowest = slowest.max(started.elapsed());
         assert!(
@@ -352,7 +356,11 @@ async fn two_routers_converge_and_resync_after_redis_restarts() {
 
     // A delete sends the tenant to the default upstream.
     let started = Instant::now();
-    keys_ok(&config_b, &["delete", "tenants", "t0", "t2"]);
+    let summary = keys_ok(&config_b, &["delete", "tenants", "t0", "t2", "never-set"]);
+    assert!(
+        summary.contains("deleted 2 keys of the 3 given"),
+        "{summary}"
+    );
     wait_for(&[&a, &b], "t0", "alpha", CONVERGENCE).await;
     wait_for(&[&a, &b], "t2", "alpha", CONVERGENCE - started.elapsed()).await;
 
@@ -367,9 +375,21 @@ async fn two_routers_converge_and_resync_after_redis_restarts() {
     redis.command(&["HSET", "tenants", "silent", "beta"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.serve("silent").await, "alpha");
-    // An empty message requests that full read.
+    // An empty message requests that full read. An invalid value read
+    // there keeps the key's previous entry, as it does in a message.
+    redis.command(&["HSET", "tenants", "t9", "no-such-upstream"]);
     redis.command(&["PUBLISH", "tenants", ""]);
     wait_for(&[&a, &b], "silent", "beta", CONVERGENCE).await;
+    for router in [&a, &b] {
+        assert_eq!(router.serve("t9").await, "beta");
+        assert!(
+            router
+                .metric("valkyrie_key_table_redis_invalid_total")
+                .await
+                >= 1.0
+        );
+    }
+    redis.command(&["HSET", "tenants", "t9", "beta"]);
 
     // The admin API refuses to change a table that Redis owns.
     let response = a
@@ -517,7 +537,11 @@ fn keys_commands_check_before_writing() {
         &config,
         &["import", "tenants", file.to_str().unwrap(), "--replace"],
     );
-    assert!(summary.contains("deleted 1 key(s)"), "{summary}");
+    assert!(
+        summary.contains("deleted 1 key the file does not list"),
+        "{summary}"
+    );
+    assert!(summary.contains("no router is subscribed"), "{summary}");
     assert_eq!(redis.command(&["HGET", "tenants", "old"]), None);
     assert_eq!(
         redis.command(&["HGET", "tenants", "b"]).as_deref(),
