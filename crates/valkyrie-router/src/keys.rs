@@ -472,26 +472,44 @@ pub fn parse_entry(text: &str) -> Result<(&str, &str, Option<&str>), String> {
 /// `key,upstream` or `key,upstream,endpoint` (a header row). Stops at the
 /// first invalid line.
 pub fn parse_entries(text: &str) -> Result<Vec<EntryLine<'_>>, EntryError> {
+    let (entries, mut errors) = parse_entries_all(text, 1);
+    match errors.pop() {
+        Some(error) => Err(error),
+        None => Ok(entries),
+    }
+}
+
+/// Parses an entry file like [`parse_entries`], but goes on past invalid
+/// lines: returns the valid entries and up to `max_errors` invalid lines,
+/// in file order. Stops at the error that reaches `max_errors`.
+pub fn parse_entries_all(text: &str, max_errors: usize) -> (Vec<EntryLine<'_>>, Vec<EntryError>) {
     let mut entries = Vec::new();
+    let mut errors = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let trimmed = raw.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        if entries.is_empty() && is_header_row(trimmed) {
+        if entries.is_empty() && errors.is_empty() && is_header_row(trimmed) {
             continue;
         }
-        let (key, upstream, endpoint) =
-            parse_entry(trimmed).map_err(|message| EntryError { line, message })?;
-        entries.push(EntryLine {
-            line,
-            key,
-            upstream,
-            endpoint,
-        });
+        match parse_entry(trimmed) {
+            Ok((key, upstream, endpoint)) => entries.push(EntryLine {
+                line,
+                key,
+                upstream,
+                endpoint,
+            }),
+            Err(message) => {
+                errors.push(EntryError { line, message });
+                if errors.len() >= max_errors {
+                    break;
+                }
+            }
+        }
     }
-    Ok(entries)
+    (entries, errors)
 }
 
 fn is_header_row(line: &str) -> bool {

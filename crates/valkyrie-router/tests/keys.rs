@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use valkyrie_config::{Config, KeySource};
 use valkyrie_lockfree::{FitCounters, FitTally};
 use valkyrie_router::keys::{
-    build_table, parse_entries, parse_entry, KeySpec, KeyTable, KeyTarget, Resolution, TableSizing,
-    UpstreamNames,
+    build_table, parse_entries, parse_entries_all, parse_entry, KeySpec, KeyTable, KeyTarget,
+    Resolution, TableSizing, UpstreamNames,
 };
 
 fn targets() -> Config {
@@ -77,6 +77,22 @@ fn entry_file_errors_name_the_line() {
         );
     }
     assert!(parse_entry(&format!("{},app", "k".repeat(70_000))).is_err());
+}
+
+#[test]
+fn all_entry_errors_collected_in_order() {
+    let text = "key,upstream\na,app\nbad\n# note\nb,app\n,app\nc,\n";
+    let (entries, errors) = parse_entries_all(text, 10);
+    let keys: Vec<&str> = entries.iter().map(|entry| entry.key).collect();
+    assert_eq!(keys, ["a", "b"]);
+    let lines: Vec<usize> = errors.iter().map(|error| error.line).collect();
+    assert_eq!(lines, [3, 6, 7]);
+
+    // Parsing stops at the error that reaches the limit.
+    let (entries, errors) = parse_entries_all(text, 2);
+    assert_eq!(errors.len(), 2);
+    assert_eq!(entries.len(), 2);
+    assert_eq!(errors[1].line, 6);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use valkyrie_config::{Config, TableSource};
 use valkyrie_proxy::keys::parse_target;
 use valkyrie_proxy::keysync;
-use valkyrie_router::keys::{parse_entries, UpstreamNames};
+use valkyrie_router::keys::{parse_entries_all, UpstreamNames};
 
 use crate::cli::{KeysAction, KeysArgs};
 
@@ -181,8 +181,11 @@ fn import(target: &Target, file: &Path, replace: bool) -> Result<String, String>
             absolute.display()
         )
     })?;
-    let lines = parse_entries(&text).map_err(|error| format!("{}: {error}", file.display()))?;
-    let mut problems = Vec::new();
+    let (lines, errors) = parse_entries_all(&text, LISTED_ERRORS + 1);
+    let mut problems: Vec<(usize, String)> = errors
+        .into_iter()
+        .map(|error| (error.line, error.message))
+        .collect();
     let mut upserts = Vec::with_capacity(lines.len());
     for line in &lines {
         let value = match line.endpoint {
@@ -191,17 +194,23 @@ fn import(target: &Target, file: &Path, replace: bool) -> Result<String, String>
         };
         match checked_value(target, line.key, &value) {
             Ok(value) => upserts.push((line.key.to_string(), value)),
-            Err(problem) => problems.push(format!("{}:{}: {problem}", file.display(), line.line)),
+            Err(problem) => problems.push((line.line, problem)),
         }
     }
     if !problems.is_empty() {
+        problems.sort_by_key(|(line, _)| *line);
         let count = problems.len();
-        let mut message: Vec<String> = problems.into_iter().take(LISTED_ERRORS).collect();
+        let mut message: Vec<String> = problems
+            .into_iter()
+            .take(LISTED_ERRORS)
+            .map(|(line, problem)| format!("{}:{line}: {problem}", file.display()))
+            .collect();
         if count > LISTED_ERRORS {
-            message.push(format!("... and {} more", count - LISTED_ERRORS));
+            message.push("... and more".to_string());
         }
         return Err(format!(
-            "{count} invalid line(s); nothing was written:\n{}",
+            "invalid lines in {}; nothing was written:\n{}",
+            file.display(),
             message.join("\n")
         ));
     }

@@ -522,11 +522,16 @@ fn keys_commands_check_before_writing() {
 
     // An import with one bad line writes nothing and names the line.
     let file = folder.path().join("bad.csv");
-    std::fs::write(&file, "a,alpha\nb,beta,127.0.0.1:11\nc,beta\n").unwrap();
+    std::fs::write(&file, "a,alpha\nb,beta,127.0.0.1:11\nc,beta\nd\n").unwrap();
     let output = keys_command(&config, &["import", "tenants", file.to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.csv:2:"), "{stderr}");
+    // A line that does not parse is listed too, after the earlier one.
+    assert!(
+        stderr.contains("bad.csv:4: `d` has no upstream"),
+        "{stderr}"
+    );
     assert!(stderr.contains("nothing was written"), "{stderr}");
     assert_eq!(redis.command(&["HLEN", "tenants"]).as_deref(), Some("0"));
 
