@@ -108,6 +108,7 @@ pub async fn handle(
             &context,
             request,
             host.as_deref(),
+            upgrade_requested,
             &mut progress,
             started,
             &request_bytes,
@@ -245,6 +246,7 @@ async fn proxy(
     context: &ConnContext,
     mut request: Request<Incoming>,
     host: Option<&str>,
+    upgrade: bool,
     progress: &mut Progress,
     started: Instant,
     request_bytes: &Arc<AtomicU64>,
@@ -260,8 +262,6 @@ async fn proxy(
 
     // Held until the request ends, so it finishes on this snapshot.
     let snapshot = crate::engine::pin(&context.state);
-    let upgrade =
-        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
 
     let route_match = {
         let info = RequestInfo {
