@@ -3,20 +3,15 @@
 //! keys API, reloads of entry files, metrics, and validation of Redis-backed
 //! tables without Redis.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::{free_port, named_upstream};
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
 
 struct Process(Child);
 
@@ -39,30 +34,6 @@ async fn wait_until_listening(port: u16) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Starts an upstream server that responds to every request with `name`.
-async fn upstream(name: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(name.as_bytes())),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    address
 }
 
 struct Router {
@@ -167,9 +138,9 @@ struct Upstreams {
 impl Upstreams {
     async fn start() -> Upstreams {
         Upstreams {
-            a1: upstream("a1").await,
-            a2: upstream("a2").await,
-            b1: upstream("b1").await,
+            a1: named_upstream("a1").await,
+            a2: named_upstream("a2").await,
+            b1: named_upstream("b1").await,
         }
     }
 }

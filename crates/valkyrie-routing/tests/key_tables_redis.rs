@@ -12,8 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::free_port;
 use support::redis::RedisServer;
+use support::{free_port, named_upstream};
 
 /// Longest accepted time from a change in Redis until both routers serve it.
 const CONVERGENCE: Duration = Duration::from_secs(1);
@@ -21,30 +21,6 @@ const CONVERGENCE: Duration = Duration::from_secs(1);
 /// Each test starts routers and a Redis; one at a time keeps the
 /// convergence timing free of the other test's load.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Starts an upstream server that responds to every request with `name`.
-async fn upstream(name: &'static str) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(name.as_bytes())),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    address
-}
 
 /// Two upstreams, `alpha` and `beta`, that respond with their names.
 struct Upstreams {
@@ -55,8 +31,8 @@ struct Upstreams {
 impl Upstreams {
     async fn start() -> Upstreams {
         Upstreams {
-            alpha: upstream("alpha").await,
-            beta: upstream("beta").await,
+            alpha: named_upstream("alpha").await,
+            beta: named_upstream("beta").await,
         }
     }
 }
