@@ -5,7 +5,7 @@
 //! fingerprints from the hash, or 0 for an empty slot) and its overflow
 //! filter (see below) fill one 16-byte tag group, four to a cache line, in
 //! an array of their own. Each slot also has 8 bytes in a second array: its
-//! key length and the position of its record. A record holds the value
+//! key length and the position of its record. A record contains the value
 //! followed by the key bytes, in one arena of 8-byte words. A lookup
 //! compares the seven tags at once with SSE2 while the CPU prefetches the
 //! group's slots, and reads a record only for a tag match with the right
@@ -84,7 +84,7 @@ struct TagGroup {
     tags: [u16; LANES],
 }
 
-/// Where the key and value of an occupied slot are.
+/// Location of the key and value of an occupied slot.
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 struct Slot {

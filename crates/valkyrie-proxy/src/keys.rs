@@ -162,13 +162,13 @@ impl RedisTable<'_> {
         sizing: TableSizing,
         counters: &Arc<FitCounters>,
     ) -> LoadedTable {
-        let kept = previous.and_then(|previous| {
+        let unchanged = previous.and_then(|previous| {
             previous.key_tables.iter().find(|loaded| {
                 loaded.origin.config == *self.config && loaded.origin.layout == self.layout
             })
         });
-        if let Some(kept) = kept {
-            return kept.clone();
+        if let Some(unchanged) = unchanged {
+            return unchanged.clone();
         }
         let name = &self.config.name;
         let source = previous.and_then(|previous| {

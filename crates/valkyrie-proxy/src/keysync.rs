@@ -13,7 +13,7 @@
 //! transaction, so a replica never receives the message without the change.
 //!
 //! A replica reads the current value of each listed key with `HMGET`. A
-//! message therefore says which keys to look at, not what they hold:
+//! message therefore names the keys to read, not their values:
 //! messages may repeat, arrive late or in any order, and the hash decides.
 //!
 //! At start and after every reconnect, a replica first subscribes and then
