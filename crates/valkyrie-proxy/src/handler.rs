@@ -293,7 +293,7 @@ async fn proxy(
                 target,
                 found.upstream_path().into_owned(),
                 RouteSettings {
-                    timeout: found.route.timeout.map(|timeout| timeout.0),
+                    timeout: found.route.timeout().map(|timeout| timeout.0),
                     retry_non_idempotent: found.route.retry_non_idempotent,
                 },
             )

@@ -4,7 +4,8 @@
 //! relies on itself, so an unvalidated config yields an error and never a
 //! panic.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -14,13 +15,15 @@ use crate::conditions::{
     HeaderCondition, HeaderRegex, HeaderValueMatch, HostPattern, PathPattern, PathRegex,
 };
 use crate::normalize::{normalize_config_path, normalize_host};
-use crate::{BuildError, Route, RouteTarget};
+use crate::{BuildError, Route, RouteOptions, RouteTarget};
 
 /// Positions of upstreams and key tables by name. With duplicate names the
 /// first entry wins, as the config validator reports duplicates.
 pub(crate) struct TargetNames<'c> {
     upstreams: HashMap<&'c str, usize>,
     key_tables: HashMap<&'c str, usize>,
+    /// Host names compiled so far, so that routes of one host share it.
+    hosts: RefCell<HashSet<Arc<str>>>,
 }
 
 impl<'c> TargetNames<'c> {
@@ -36,7 +39,19 @@ impl<'c> TargetNames<'c> {
         TargetNames {
             upstreams,
             key_tables,
+            hosts: RefCell::default(),
         }
+    }
+
+    /// Returns the shared copy of `host`.
+    fn intern(&self, host: &str) -> Arc<str> {
+        let mut hosts = self.hosts.borrow_mut();
+        if let Some(shared) = hosts.get(host) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(host);
+        hosts.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -64,7 +79,11 @@ pub(crate) fn compile_route(
     };
 
     let host = match &config.host {
-        Some(host) => parse_host(host).map_err(&error)?,
+        Some(host) => match parse_host(host).map_err(&error)? {
+            HostPattern::Exact(host) => HostPattern::Exact(names.intern(&host)),
+            HostPattern::Wildcard(suffix) => HostPattern::Wildcard(names.intern(&suffix)),
+            HostPattern::Any => HostPattern::Any,
+        },
         None => HostPattern::Any,
     };
     let path = parse_path(config).map_err(&error)?;
@@ -84,20 +103,22 @@ pub(crate) fn compile_route(
         None => None,
     };
 
-    Ok(Route {
+    Ok(Route::new(
         index,
-        name: Arc::from(config.name.as_str()),
-        target,
-        strip_prefix,
-        timeout: config.timeout,
-        retry_non_idempotent: config.retry_non_idempotent,
-        rate_limit: config.rate_limit,
-        rate_limit_burst: config.rate_limit_burst,
+        Arc::from(config.name.as_str()),
         host,
         path,
-        methods,
-        headers,
-    })
+        target,
+        config.retry_non_idempotent,
+        RouteOptions {
+            strip_prefix: strip_prefix.map(String::into_boxed_str),
+            timeout: config.timeout,
+            rate_limit: config.rate_limit,
+            rate_limit_burst: config.rate_limit_burst,
+            methods: methods.into_boxed_slice(),
+            headers: headers.into_boxed_slice(),
+        },
+    ))
 }
 
 /// The name used for a route in errors: its `name`, or its position when the
@@ -121,7 +142,7 @@ fn parse_host(host: &str) -> Result<HostPattern, String> {
     }
     if let Some(suffix) = normalized.strip_prefix("*.") {
         check_host_name(suffix).map_err(|problem| format!("host `{host}` {problem}"))?;
-        return Ok(HostPattern::Wildcard(suffix.to_owned()));
+        return Ok(HostPattern::Wildcard(Arc::from(suffix)));
     }
     if normalized.contains('*') {
         return Err(format!(
@@ -129,10 +150,10 @@ fn parse_host(host: &str) -> Result<HostPattern, String> {
         ));
     }
     if is_ip_literal(&normalized) {
-        return Ok(HostPattern::Exact(normalized.into_owned()));
+        return Ok(HostPattern::Exact(Arc::from(normalized.as_ref())));
     }
     check_host_name(&normalized).map_err(|problem| format!("host `{host}` {problem}"))?;
-    Ok(HostPattern::Exact(normalized.into_owned()))
+    Ok(HostPattern::Exact(Arc::from(normalized.as_ref())))
 }
 
 /// An IPv6 literal in brackets, such as `[::1]`.
@@ -174,13 +195,13 @@ fn parse_path(config: &RouteConfig) -> Result<PathPattern, String> {
     match (&config.path_exact, &config.path_prefix, &config.path_regex) {
         (None, None, None) => Ok(PathPattern::Any),
         (Some(exact), None, None) => normalize_config_path(exact, false)
-            .map(PathPattern::Exact)
+            .map(|exact| PathPattern::Exact(exact.into_boxed_str()))
             .map_err(|problem| format!("path_exact {problem}")),
         (None, Some(prefix), None) => normalize_config_path(prefix, true)
-            .map(PathPattern::Prefix)
+            .map(|prefix| PathPattern::Prefix(prefix.into_boxed_str()))
             .map_err(|problem| format!("path_prefix {problem}")),
         (None, None, Some(regex)) => PathRegex::new(regex)
-            .map(PathPattern::Regex)
+            .map(|regex| PathPattern::Regex(Box::new(regex)))
             .map_err(|err| format!("path_regex `{regex}` is invalid: {err}")),
         _ => Err("set only one of path_exact, path_prefix and path_regex".to_owned()),
     }

@@ -2,6 +2,7 @@
 //! when several match one request.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -12,12 +13,12 @@ pub enum HostPattern {
     /// No host condition (`host` unset): matches every request, including
     /// one without a host.
     Any,
-    /// One host name or IP literal.
-    Exact(String),
+    /// One host name or IP literal, shared by the routes of that host.
+    Exact(Arc<str>),
     /// `*.example.com`, stored as the suffix `example.com`: matches any host
     /// with at least one more label in front of the suffix, so
     /// `a.example.com` and `a.b.example.com` but not `example.com`.
-    Wildcard(String),
+    Wildcard(Arc<str>),
 }
 
 impl HostPattern {
@@ -26,7 +27,7 @@ impl HostPattern {
         match (self, host) {
             (HostPattern::Any, _) => true,
             (_, None) => false,
-            (HostPattern::Exact(exact), Some(host)) => exact == host,
+            (HostPattern::Exact(exact), Some(host)) => **exact == *host,
             (HostPattern::Wildcard(suffix), Some(host)) => wildcard_matches(suffix, host),
         }
     }
@@ -70,13 +71,13 @@ pub enum PathPattern {
     /// No path condition.
     Any,
     /// `path_exact`, normalized like request paths.
-    Exact(String),
+    Exact(Box<str>),
     /// `path_prefix`, normalized like request paths. A plain string prefix:
     /// `/api` also matches `/apiary`, so end it with `/` to match whole
     /// segments only.
-    Prefix(String),
+    Prefix(Box<str>),
     /// `path_regex`, which must match the whole normalized path.
-    Regex(PathRegex),
+    Regex(Box<PathRegex>),
 }
 
 impl PathPattern {
@@ -84,8 +85,8 @@ impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Any => true,
-            PathPattern::Exact(exact) => exact == path,
-            PathPattern::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathPattern::Exact(exact) => **exact == *path,
+            PathPattern::Prefix(prefix) => path.starts_with(&**prefix),
             PathPattern::Regex(regex) => regex.is_match(path),
         }
     }

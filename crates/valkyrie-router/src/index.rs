@@ -113,15 +113,15 @@ impl Probe<'_> {
             return true;
         }
         let route = &self.routes[id as usize];
-        if !(route.methods.is_empty() || route.methods.contains(self.method)) {
+        if !(route.methods().is_empty() || route.methods().contains(self.method)) {
             return false;
         }
-        if route.headers.is_empty() {
+        if route.headers().is_empty() {
             return true;
         }
         self.consulted_headers = true;
         route
-            .headers
+            .headers()
             .iter()
             .all(|condition| condition.matches(self.headers))
     }
@@ -214,7 +214,7 @@ impl HostIndex {
         let mut index = builder.finish(sizing, counters);
         let mut unconditional = vec![0u64; routes.len().div_ceil(64)];
         for (id, route) in routes.iter().enumerate() {
-            if route.methods.is_empty() && route.headers.is_empty() {
+            if route.methods().is_empty() && route.headers().is_empty() {
                 unconditional[id / 64] |= 1 << (id % 64);
             }
         }
@@ -246,7 +246,7 @@ impl HostIndex {
             return None;
         }
         // A dot at position 0 would leave no label in front of the suffix.
-        for (dot, _) in host.match_indices('.').filter(|&(dot, _)| dot > 0) {
+        for dot in memchr::memchr_iter(b'.', host.as_bytes()).filter(|&dot| dot > 0) {
             if let Some(&bucket) = self.wildcard.get(&host[dot + 1..]) {
                 if let Some(found) = self.find_in_bucket(&self.buckets[bucket as usize], probe) {
                     return Some(found);
@@ -430,8 +430,8 @@ fn path_key(bucket: BucketId, path: &[u8]) -> Vec<u8> {
 /// Route ids of one bucket, collected in precedence order.
 #[derive(Default)]
 struct BucketBuilder {
-    exact: HashMap<String, Vec<RouteId>>,
-    prefixes: HashMap<String, Vec<RouteId>>,
+    exact: HashMap<Box<str>, Vec<RouteId>>,
+    prefixes: HashMap<Box<str>, Vec<RouteId>>,
     regex: Vec<RouteId>,
     any: Vec<RouteId>,
 }
@@ -439,8 +439,8 @@ struct BucketBuilder {
 /// Collects routes, which arrive in precedence order, into buckets.
 #[derive(Default)]
 struct IndexBuilder {
-    exact: HashMap<String, BucketId>,
-    wildcard: HashMap<String, BucketId>,
+    exact: HashMap<Arc<str>, BucketId>,
+    wildcard: HashMap<Arc<str>, BucketId>,
     any: Option<BucketId>,
     buckets: Vec<BucketBuilder>,
 }
@@ -456,7 +456,7 @@ impl IndexBuilder {
                     bucket
                 }
             },
-            HostPattern::Exact(host) => match self.exact.get(host.as_str()) {
+            HostPattern::Exact(host) => match self.exact.get(&**host) {
                 Some(&bucket) => bucket,
                 None => {
                     let bucket = self.new_bucket();
@@ -464,7 +464,7 @@ impl IndexBuilder {
                     bucket
                 }
             },
-            HostPattern::Wildcard(suffix) => match self.wildcard.get(suffix.as_str()) {
+            HostPattern::Wildcard(suffix) => match self.wildcard.get(&**suffix) {
                 Some(&bucket) => bucket,
                 None => {
                     let bucket = self.new_bucket();
@@ -518,7 +518,7 @@ impl IndexBuilder {
                 BucketPaths::None
             } else if count <= MAX_LISTED_PATHS {
                 let start = listed.len() as u32;
-                let mut entries: Vec<(&String, bool, &Vec<RouteId>)> = lists
+                let mut entries: Vec<(&Box<str>, bool, &Vec<RouteId>)> = lists
                     .exact
                     .iter()
                     .map(|(path, ids)| (path, false, ids))
@@ -569,7 +569,7 @@ impl IndexBuilder {
         let wildcard = self
             .wildcard
             .into_iter()
-            .map(|(suffix, bucket)| (suffix.into_boxed_str(), bucket))
+            .map(|(suffix, bucket)| (Box::from(&*suffix), bucket))
             .collect();
 
         HostIndex {

@@ -73,12 +73,7 @@ impl KeySpec {
             KeySpec::Header(name) => headers
                 .get(name)
                 .map(|value| Cow::Borrowed(value.as_bytes())),
-            KeySpec::PathSegment(index) => path
-                .strip_prefix('/')
-                .unwrap_or(path)
-                .split('/')
-                .nth(*index)
-                .map(|segment| Cow::Borrowed(segment.as_bytes())),
+            KeySpec::PathSegment(index) => path_segment(path, *index).map(Cow::Borrowed),
             KeySpec::Query(name) => query.and_then(|query| query_value(query, name)),
         };
         key.filter(|key| !key.is_empty())
@@ -93,6 +88,18 @@ impl std::fmt::Display for KeySpec {
             KeySpec::Query(name) => write!(f, "query parameter `{name}`"),
         }
     }
+}
+
+/// Returns segment `index` of `path`, counting from 0 after the leading `/`.
+fn path_segment(path: &str, index: usize) -> Option<&[u8]> {
+    let bytes = path.as_bytes();
+    let mut rest = bytes.strip_prefix(b"/").unwrap_or(bytes);
+    for _ in 0..index {
+        let slash = memchr::memchr(b'/', rest)?;
+        rest = &rest[slash + 1..];
+    }
+    let end = memchr::memchr(b'/', rest).unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// Returns the percent-decoded value of the first parameter named `name`.
@@ -544,7 +551,22 @@ pub fn build_table(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn path_segment_matches_split(path in "[/ab%.]{0,12}", index in 0usize..5) {
+            let expected = path
+                .strip_prefix('/')
+                .unwrap_or(&path)
+                .split('/')
+                .nth(index)
+                .map(str::as_bytes);
+            prop_assert_eq!(path_segment(&path, index), expected);
+        }
+    }
 
     #[test]
     fn percent_decode_keeps_invalid_escapes() {

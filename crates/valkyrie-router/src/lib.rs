@@ -54,35 +54,106 @@ pub enum RouteTarget {
 }
 
 /// One compiled route.
+///
+/// The fields every lookup or request reads are inline. The settings that
+/// most routes leave unset (`strip_prefix`, `timeout`, rate limits, method
+/// and header conditions) sit in one boxed record that only routes setting
+/// one of them allocate, which keeps a route of a large table small; read
+/// them through the methods. Routes of one host share its name.
 #[derive(Clone, Debug)]
 pub struct Route {
-    /// Position in the config file's `[[routes]]` list.
-    pub index: usize,
     pub name: Arc<str>,
-    pub target: RouteTarget,
-    /// Prefix removed from the normalized path before forwarding, itself
-    /// normalized like request paths.
-    pub strip_prefix: Option<String>,
-    pub timeout: Option<Duration>,
-    pub retry_non_idempotent: bool,
-    pub rate_limit: Option<Rate>,
-    pub rate_limit_burst: Option<u32>,
     pub host: HostPattern,
     pub path: PathPattern,
-    /// Accepted methods, uppercased from the config; empty accepts any.
-    pub methods: Vec<http::Method>,
-    /// Header conditions; all of them must hold.
-    pub headers: Vec<HeaderCondition>,
+    pub target: RouteTarget,
+    /// Position in the config file's `[[routes]]` list.
+    pub index: usize,
+    pub retry_non_idempotent: bool,
+    options: Option<Box<RouteOptions>>,
+}
+
+/// The settings of a route that most routes leave unset.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RouteOptions {
+    pub(crate) strip_prefix: Option<Box<str>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) rate_limit: Option<Rate>,
+    pub(crate) rate_limit_burst: Option<u32>,
+    pub(crate) methods: Box<[http::Method]>,
+    pub(crate) headers: Box<[HeaderCondition]>,
+}
+
+impl RouteOptions {
+    fn is_empty(&self) -> bool {
+        self.strip_prefix.is_none()
+            && self.timeout.is_none()
+            && self.rate_limit.is_none()
+            && self.rate_limit_burst.is_none()
+            && self.methods.is_empty()
+            && self.headers.is_empty()
+    }
 }
 
 impl Route {
+    pub(crate) fn new(
+        index: usize,
+        name: Arc<str>,
+        host: HostPattern,
+        path: PathPattern,
+        target: RouteTarget,
+        retry_non_idempotent: bool,
+        options: RouteOptions,
+    ) -> Route {
+        Route {
+            name,
+            host,
+            path,
+            target,
+            index,
+            retry_non_idempotent,
+            options: (!options.is_empty()).then(|| Box::new(options)),
+        }
+    }
+
+    /// Prefix removed from the normalized path before forwarding, itself
+    /// normalized like request paths.
+    pub fn strip_prefix(&self) -> Option<&str> {
+        self.options.as_ref()?.strip_prefix.as_deref()
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.options.as_ref()?.timeout
+    }
+
+    pub fn rate_limit(&self) -> Option<Rate> {
+        self.options.as_ref()?.rate_limit
+    }
+
+    pub fn rate_limit_burst(&self) -> Option<u32> {
+        self.options.as_ref()?.rate_limit_burst
+    }
+
+    /// Accepted methods, uppercased from the config; empty accepts any.
+    pub fn methods(&self) -> &[http::Method] {
+        self.options
+            .as_ref()
+            .map_or(&[], |options| &options.methods)
+    }
+
+    /// Header conditions; all of them must hold.
+    pub fn headers(&self) -> &[HeaderCondition] {
+        self.options
+            .as_ref()
+            .map_or(&[], |options| &options.headers)
+    }
+
     /// Computes this route's rank in match order, described on [`RouteTable`].
     pub fn specificity(&self) -> Specificity {
         Specificity {
             host: self.host.rank(),
             path: self.path.rank(),
-            header_conditions: self.headers.len(),
-            method_restricted: !self.methods.is_empty(),
+            header_conditions: self.headers().len(),
+            method_restricted: !self.methods().is_empty(),
         }
     }
 }
@@ -133,7 +204,7 @@ impl RouteMatch<'_> {
     /// ```
     pub fn upstream_path(&self) -> Cow<'_, str> {
         let path: &str = &self.path;
-        let Some(prefix) = self.route.strip_prefix.as_deref() else {
+        let Some(prefix) = self.route.strip_prefix() else {
             return Cow::Borrowed(path);
         };
         match path.strip_prefix(prefix) {

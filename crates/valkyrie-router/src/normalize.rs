@@ -45,6 +45,11 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
 /// Returns true when `normalize_path` would return `path` unchanged.
 fn is_normalized(path: &str) -> bool {
     let bytes = path.as_bytes();
+    // Only an escape or a dot segment changes a path, and both need one of
+    // these bytes, which most paths lack.
+    if memchr::memchr2(b'%', b'.', bytes).is_none() {
+        return true;
+    }
     let mut segment_start = 0;
 
     for (i, &byte) in bytes.iter().enumerate() {
@@ -246,8 +251,9 @@ fn strip_port(host: &str) -> &str {
             None => host,
         };
     }
-    match host.split_once(':') {
-        Some((name, port)) if !port.contains(':') => name,
+    let bytes = host.as_bytes();
+    match memchr::memchr(b':', bytes) {
+        Some(colon) if memchr::memchr(b':', &bytes[colon + 1..]).is_none() => &host[..colon],
         _ => host,
     }
 }
@@ -258,7 +264,58 @@ fn strip_trailing_dot(host: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// `is_normalized` without its fast path.
+    fn is_normalized_by_scan(path: &str) -> bool {
+        let bytes = path.as_bytes();
+        let mut segment_start = 0;
+        for (i, &byte) in bytes.iter().enumerate() {
+            match byte {
+                b'%' => {
+                    if let Some((high, low)) = escape_at(bytes, i) {
+                        let decoded = (hex_value(high) << 4) | hex_value(low);
+                        if is_unreserved(decoded)
+                            || high.is_ascii_lowercase()
+                            || low.is_ascii_lowercase()
+                        {
+                            return false;
+                        }
+                    }
+                }
+                b'/' => {
+                    if is_dot_segment(&bytes[segment_start..i]) {
+                        return false;
+                    }
+                    segment_start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        !is_dot_segment(&bytes[segment_start..])
+    }
+
+    proptest! {
+        #[test]
+        fn fast_normalized_check_agrees(path in "[/a.%4eE1]{0,12}") {
+            prop_assert_eq!(is_normalized(&path), is_normalized_by_scan(&path));
+        }
+
+        #[test]
+        fn strip_port_matches_split(host in "[a:1\\[\\]]{0,8}") {
+            let expected = if host.starts_with('[') {
+                host.find(']').map_or(host.as_str(), |end| &host[..=end])
+            } else {
+                match host.split_once(':') {
+                    Some((name, port)) if !port.contains(':') => name,
+                    _ => &host,
+                }
+            };
+            prop_assert_eq!(strip_port(&host), expected);
+        }
+    }
 
     #[test]
     fn normalize_path_cases() {

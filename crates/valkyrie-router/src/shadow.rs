@@ -139,7 +139,7 @@ impl<'r> Buckets<'r> {
                     covering.index < route.index
                         && (!check_path || path_covers(&covering.path, &route.path))
                         && methods_cover(covering, route)
-                        && headers_cover(&covering.headers, &route.headers)
+                        && headers_cover(covering.headers(), route.headers())
                 });
             if found.is_some() {
                 best = found;
@@ -185,7 +185,7 @@ fn covering_hosts(host: &HostPattern) -> Vec<HostKey<'_>> {
     let mut keys = vec![host_key(host)];
     let name = match host {
         HostPattern::Any => return keys,
-        HostPattern::Exact(name) | HostPattern::Wildcard(name) => name.as_str(),
+        HostPattern::Exact(name) | HostPattern::Wildcard(name) => &**name,
     };
     for (dot, _) in name.match_indices('.') {
         let suffix = &name[dot + 1..];
@@ -205,7 +205,7 @@ fn covering_hosts(host: &HostPattern) -> Vec<HostKey<'_>> {
 fn covering_paths(path: &PathPattern) -> Vec<PathKey<'_>> {
     let mut keys = vec![path_key(path)];
     let text = match path {
-        PathPattern::Exact(text) | PathPattern::Prefix(text) => text.as_str(),
+        PathPattern::Exact(text) | PathPattern::Prefix(text) => &**text,
         PathPattern::Any => return keys,
         PathPattern::Regex(_) => {
             keys.push(PathKey::Any);
@@ -229,8 +229,12 @@ fn path_covers(covering: &PathPattern, path: &PathPattern) -> bool {
 }
 
 fn methods_cover(covering: &Route, route: &Route) -> bool {
-    covering.methods.is_empty()
-        || (!route.methods.is_empty() && route.methods.iter().all(|m| covering.methods.contains(m)))
+    covering.methods().is_empty()
+        || (!route.methods().is_empty()
+            && route
+                .methods()
+                .iter()
+                .all(|m| covering.methods().contains(m)))
 }
 
 /// Checks that every condition in `covering` is satisfied whenever all of

@@ -223,5 +223,5 @@ fn accepted_edge_forms() {
     ))
     .unwrap();
     assert_eq!(table.routes()[0].host.to_string(), "[2001:db8::1]");
-    assert_eq!(table.routes()[3].methods, vec![http::Method::GET]);
+    assert_eq!(table.routes()[3].methods(), [http::Method::GET]);
 }

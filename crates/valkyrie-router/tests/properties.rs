@@ -39,8 +39,8 @@ fn reference_rank(route: &Route) -> (u8, usize, u8, usize, usize, bool) {
         labels,
         path_class,
         prefix_len,
-        route.headers.len(),
-        !route.methods.is_empty(),
+        route.headers().len(),
+        !route.methods().is_empty(),
     )
 }
 
@@ -75,19 +75,19 @@ fn reference_accepts(
     let host_ok = match (&route.host, host) {
         (HostPattern::Any, _) => true,
         (_, None) => false,
-        (HostPattern::Exact(exact), Some(host)) => host == exact,
+        (HostPattern::Exact(exact), Some(host)) => *host == **exact,
         (HostPattern::Wildcard(suffix), Some(host)) => {
             host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}"))
         }
     };
     let path_ok = match &route.path {
         PathPattern::Any => true,
-        PathPattern::Exact(exact) => path == exact,
-        PathPattern::Prefix(prefix) => path.starts_with(prefix.as_str()),
+        PathPattern::Exact(exact) => *path == **exact,
+        PathPattern::Prefix(prefix) => path.starts_with(&**prefix),
         PathPattern::Regex(regex) => full_match(regex.as_str(), path.as_bytes()),
     };
-    let method_ok = route.methods.is_empty() || route.methods.contains(method);
-    let headers_ok = route.headers.iter().all(|condition| {
+    let method_ok = route.methods().is_empty() || route.methods().contains(method);
+    let headers_ok = route.headers().iter().all(|condition| {
         headers
             .get_all(&condition.name)
             .iter()

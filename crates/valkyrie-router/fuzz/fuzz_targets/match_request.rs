@@ -137,9 +137,9 @@ fn accepts(
 ) -> bool {
     route.host.matches(host)
         && route.path.matches(path)
-        && (route.methods.is_empty() || route.methods.contains(method))
+        && (route.methods().is_empty() || route.methods().contains(method))
         && route
-            .headers
+            .headers()
             .iter()
             .all(|condition| condition.matches(headers))
 }
