@@ -277,7 +277,7 @@ async fn proxy(
             .engine
             .route(state, &snapshot, &info, started, &mut tally);
         let matched = found.map(|found| {
-            let target = match found.route.target {
+            let target = match found.target {
                 RouteTarget::Upstream(index) => Ok((index, None)),
                 RouteTarget::KeyTable(table) => crate::keys::resolve(
                     &snapshot,

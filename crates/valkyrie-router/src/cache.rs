@@ -207,10 +207,7 @@ impl RouteCache {
                         None => Cow::Borrowed(request.path),
                     };
                     shard.hits += 1;
-                    return route.map(|index| RouteMatch {
-                        route: &table.routes()[index as usize],
-                        path,
-                    });
+                    return route.map(|index| table.matched(index as usize, path));
                 }
             }
             shard.misses += 1;

@@ -167,6 +167,9 @@ impl Route {
 #[derive(Clone, Debug)]
 pub struct RouteMatch<'a> {
     pub route: &'a Route,
+    /// `route.target`, read from a dense array of the table, so that
+    /// routing a request needs no load of the route record.
+    pub target: RouteTarget,
     /// The request path after [`normalize_path`], which the route was
     /// matched against.
     pub path: Cow<'a, str>,
@@ -369,6 +372,10 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// `targets[id]` is `routes[id].target` packed by [`pack_target`]:
+    /// 4 bytes per route, which stay in the CPU caches far longer than
+    /// the route records.
+    targets: Box<[u32]>,
     index: HostIndex,
     id: u64,
 }
@@ -414,9 +421,21 @@ impl RouteTable {
                 message: format!("too many routes: at most {} are supported", RouteId::MAX),
             });
         }
+        let mut targets = Vec::with_capacity(routes.len());
+        for route in &routes {
+            let packed = pack_target(&route.target).ok_or_else(|| BuildError::Route {
+                route: route.name.to_string(),
+                message: format!(
+                    "its target's index is too large: at most {TARGET_KEY_TABLE} upstreams and as many key tables are supported"
+                ),
+            })?;
+            targets.push(packed);
+        }
+        let targets = targets.into_boxed_slice();
         let index = HostIndex::build(&routes, fit_sizing(config), counters);
         Ok(RouteTable {
             routes,
+            targets,
             index,
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         })
@@ -463,9 +482,24 @@ impl RouteTable {
         Routed {
             matched: found.map(|found| RouteMatch {
                 route: &self.routes[found as usize],
+                target: unpack_target(self.targets[found as usize]),
                 path,
             }),
             consulted_headers,
+        }
+    }
+
+    /// Returns the match of route `index` for a request whose normalized
+    /// path is `path`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `index` is not below `routes().len()`.
+    pub fn matched<'a>(&'a self, index: usize, path: Cow<'a, str>) -> RouteMatch<'a> {
+        RouteMatch {
+            route: &self.routes[index],
+            target: unpack_target(self.targets[index]),
+            path,
         }
     }
 
@@ -498,6 +532,33 @@ impl RouteTable {
     }
 }
 
+/// Bit of a packed target that marks a key table; the bits below it hold
+/// the index.
+const TARGET_KEY_TABLE: u32 = 1 << 31;
+
+/// Packs a target into 32 bits, or returns `None` when its index needs
+/// more than 31.
+fn pack_target(target: &RouteTarget) -> Option<u32> {
+    let (index, flag) = match *target {
+        RouteTarget::Upstream(index) => (index, 0),
+        RouteTarget::KeyTable(index) => (index, TARGET_KEY_TABLE),
+    };
+    u32::try_from(index)
+        .ok()
+        .filter(|&index| index < TARGET_KEY_TABLE)
+        .map(|index| index | flag)
+}
+
+#[inline]
+fn unpack_target(packed: u32) -> RouteTarget {
+    let index = (packed & !TARGET_KEY_TABLE) as usize;
+    if packed & TARGET_KEY_TABLE == 0 {
+        RouteTarget::Upstream(index)
+    } else {
+        RouteTarget::KeyTable(index)
+    }
+}
+
 /// Reads the FIT sizing from `[routing.lockfree]`, keeping the load factor
 /// in the range the FIT accepts.
 fn fit_sizing(config: &Config) -> FitSizing {
@@ -512,5 +573,27 @@ fn fit_sizing(config: &Config) -> FitSizing {
     FitSizing {
         capacity: lockfree.fit_capacity,
         load_factor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_pack_both_kinds() {
+        for target in [
+            RouteTarget::Upstream(0),
+            RouteTarget::Upstream(7),
+            RouteTarget::KeyTable(0),
+            RouteTarget::KeyTable(TARGET_KEY_TABLE as usize - 1),
+        ] {
+            let packed = pack_target(&target).expect("index fits");
+            assert_eq!(unpack_target(packed), target);
+        }
+        assert_eq!(
+            pack_target(&RouteTarget::Upstream(TARGET_KEY_TABLE as usize)),
+            None
+        );
     }
 }

@@ -278,9 +278,10 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn picked(table: &RouteTable, request: &Request) -> Option<usize> {
-    table
-        .route(&request.info())
-        .map(|matched| matched.route.index)
+    table.route(&request.info()).map(|matched| {
+        assert_eq!(matched.target, matched.route.target);
+        matched.route.index
+    })
 }
 
 // ---------------------------------------------------------------------------

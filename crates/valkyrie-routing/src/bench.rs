@@ -276,7 +276,7 @@ fn engine_lookup(
     let Some(matched) = matched else {
         return usize::MAX;
     };
-    match matched.route.target {
+    match matched.target {
         RouteTarget::Upstream(index) => index,
         RouteTarget::KeyTable(index) => {
             let table = &tables[index].table;
