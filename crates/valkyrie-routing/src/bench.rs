@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use valkyrie_config::{
@@ -56,6 +57,13 @@ const VISIBILITY_BATCH: usize = 10_000;
 pub fn run(args: &EngineBenchArgs) -> ExitCode {
     if args.routes < 100 || args.threads == 0 {
         eprintln!("bench engine: --routes must be at least 100 and --threads at least 1");
+        return ExitCode::FAILURE;
+    }
+    if !(0.0..=4.0).contains(&args.skew) {
+        eprintln!(
+            "bench engine: --skew {} is out of range: use 0 (uniform) up to 4",
+            args.skew
+        );
         return ExitCode::FAILURE;
     }
     match measure(args) {
@@ -155,6 +163,7 @@ struct Report {
     config_routes: usize,
     key_entries: usize,
     threads: usize,
+    skew: f64,
     engine: Figures,
     lookups_per_sec_per_thread: f64,
     bytes_per_config_route: f64,
@@ -187,7 +196,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(entries_file);
 
-    let requests = Requests::new(&plan.requests(&mut rng));
+    let requests = Requests::new(&plan.requests(&mut rng, args.skew));
     let headers = HeaderMap::new();
     let uncached = |span: &Span, tally: &mut FitTally| {
         engine_lookup(&routes, &tables, None, &requests.get(span), &headers, tally)
@@ -231,6 +240,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
         &tables[0].table,
         &mut rng,
         duration,
+        args.skew,
     );
     baselines.push(("valkyrie_cached", with_cache));
     let (updates_per_sec, batch_visible_ms) = measure_updates(&config, &tables[0].table, &plan)?;
@@ -240,6 +250,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
         config_routes: plan.config_routes,
         key_entries: plan.key_entries,
         threads: args.threads,
+        skew: args.skew,
         engine,
         lookups_per_sec_per_thread,
         bytes_per_config_route,
@@ -401,14 +412,21 @@ impl Plan {
     /// Generates the lookup mix: 50% exact host and prefix, 10% exact path,
     /// 10% wildcard host, 25% key-table keys (2% of them unknown), 5%
     /// unknown hosts that fall through to the catch-all.
-    fn requests(&self, rng: &mut StdRng) -> Vec<BenchRequest> {
+    ///
+    /// With `skew` above 0, hosts, zones and keys follow a Zipf law of that
+    /// exponent over a random order, so the popular ones are spread over
+    /// the tables as they would be in traffic.
+    fn requests(&self, rng: &mut StdRng, skew: f64) -> Vec<BenchRequest> {
         let count = (self.config_routes + self.key_entries).clamp(4096, MAX_REQUESTS);
+        let hosts = Picker::new(self.hosts, skew, rng);
+        let zones = Picker::new(self.wildcards, skew, rng);
+        let keys = Picker::new(self.key_entries.max(1), skew, rng);
         (0..count)
             .map(|_| {
                 let kind = rng.gen_range(0..100);
                 match kind {
                     0..=49 => BenchRequest {
-                        host: host_name(rng.gen_range(0..self.hosts)),
+                        host: host_name(hosts.pick(rng)),
                         path: format!(
                             "/api/v{}/items/{}",
                             rng.gen_range(0..PREFIXES_PER_HOST),
@@ -416,19 +434,19 @@ impl Plan {
                         ),
                     },
                     50..=59 => BenchRequest {
-                        host: host_name(rng.gen_range(0..self.hosts)),
+                        host: host_name(hosts.pick(rng)),
                         path: "/health".to_string(),
                     },
                     60..=69 => BenchRequest {
                         host: format!(
                             "shop{}.z{}.example.com",
                             rng.gen_range(0..100),
-                            rng.gen_range(0..self.wildcards)
+                            zones.pick(rng)
                         ),
                         path: "/cart".to_string(),
                     },
                     70..=94 => {
-                        let entry = rng.gen_range(0..self.key_entries.max(1));
+                        let entry = keys.pick(rng);
                         let key = if rng.gen_range(0..50) == 0 {
                             format!("unknown-{entry}")
                         } else {
@@ -446,6 +464,49 @@ impl Plan {
                 }
             })
             .collect()
+    }
+}
+
+/// Picks one of `len` items, uniformly or by a Zipf law.
+struct Picker {
+    len: usize,
+    /// Cumulative probability of the ranks; empty when uniform.
+    cdf: Vec<f64>,
+    /// `order[rank]` is the item of that rank.
+    order: Vec<u32>,
+}
+
+impl Picker {
+    fn new(len: usize, skew: f64, rng: &mut StdRng) -> Picker {
+        if skew <= 0.0 || len < 2 {
+            return Picker {
+                len,
+                cdf: Vec::new(),
+                order: Vec::new(),
+            };
+        }
+        let mut total = 0.0;
+        let mut cdf: Vec<f64> = (1..=len)
+            .map(|rank| {
+                total += (rank as f64).powf(-skew);
+                total
+            })
+            .collect();
+        for value in &mut cdf {
+            *value /= total;
+        }
+        let mut order: Vec<u32> = (0..len as u32).collect();
+        order.shuffle(rng);
+        Picker { len, cdf, order }
+    }
+
+    fn pick(&self, rng: &mut StdRng) -> usize {
+        if self.cdf.is_empty() {
+            return rng.gen_range(0..self.len);
+        }
+        let draw: f64 = rng.gen();
+        let rank = self.cdf.partition_point(|&value| value < draw);
+        self.order[rank.min(self.len - 1)] as usize
     }
 }
 
@@ -564,14 +625,17 @@ fn baselines(
     table: &KeyTable,
     rng: &mut StdRng,
     duration: Duration,
+    skew: f64,
 ) -> Vec<(&'static str, Figures)> {
     let mut baselines = Vec::new();
     let headers = HeaderMap::new();
+    let hosts = Picker::new(plan.hosts, skew, rng);
+    let entries = Picker::new(plan.key_entries.max(1), skew, rng);
 
     // Paths: exact host with a prefix or the exact path.
     let path_requests: Vec<BenchRequest> = (0..MAX_REQUESTS.min(plan.hosts * 16).max(4096))
         .map(|_| {
-            let host = host_name(rng.gen_range(0..plan.hosts));
+            let host = host_name(hosts.pick(rng));
             let prefix = rng.gen_range(0..=PREFIXES_PER_HOST);
             let path = if prefix == PREFIXES_PER_HOST {
                 "/health".to_string()
@@ -633,7 +697,9 @@ fn baselines(
         routes
             .route_counted(&info, tally)
             .matched
-            .map_or(usize::MAX, |matched| matched.route.index)
+            .map_or(usize::MAX, |matched| match matched.target {
+                RouteTarget::Upstream(index) | RouteTarget::KeyTable(index) => index,
+            })
     });
     // The whole compiled route counts, not only its index entries.
     engine_paths.bytes_per_route = bytes_per_config_route;
@@ -644,7 +710,7 @@ fn baselines(
     let keys = Requests::new(
         &(0..MAX_REQUESTS.min(plan.key_entries * 2).max(4096))
             .map(|_| {
-                let entry = rng.gen_range(0..plan.key_entries.max(1));
+                let entry = entries.pick(rng);
                 let key = if rng.gen_range(0..50) == 0 {
                     format!("unknown-{entry}")
                 } else {
@@ -796,8 +862,8 @@ fn print_report(report: &Report, json: bool) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "routes {} ({} config routes, {} key-table entries), threads {}",
-        report.routes, report.config_routes, report.key_entries, report.threads
+        "routes {} ({} config routes, {} key-table entries), threads {}, skew {}",
+        report.routes, report.config_routes, report.key_entries, report.threads, report.skew
     );
     let _ = writeln!(out, "snapshot build        {:>12.1} ms", report.build_ms);
     let _ = writeln!(
@@ -843,6 +909,7 @@ fn print_report(report: &Report, json: bool) {
         object["config_routes"] = report.config_routes.into();
         object["key_entries"] = report.key_entries.into();
         object["threads"] = report.threads.into();
+        object["skew"] = report.skew.into();
         object["lookups_per_sec_per_thread"] = report.lookups_per_sec_per_thread.round().into();
         object["bytes_per_config_route"] =
             ((report.bytes_per_config_route * 10.0).round() / 10.0).into();

@@ -103,6 +103,11 @@ pub struct EngineBenchArgs {
     /// Seconds each throughput measurement runs; latency runs half as long.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
+    /// Zipf exponent of the hosts, zones and keys that requests pick: 0
+    /// picks them uniformly, 1 makes the item of rank k about k times
+    /// rarer than the most requested one.
+    #[arg(long, default_value_t = 0.0)]
+    pub skew: f64,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,8 @@ fn bench_engine_prints_json() {
             "2",
             "--seconds",
             "0.02",
+            "--skew",
+            "1",
             "--json",
         ])
         .output()
@@ -35,6 +37,7 @@ fn bench_engine_prints_json() {
     let routes = report["routes"].as_u64().unwrap();
     assert!((1000..1010).contains(&routes), "{report}");
     assert_eq!(report["threads"], 2);
+    assert_eq!(report["skew"], 1.0);
     for field in [
         "lookups_per_sec",
         "p50_ns",
@@ -69,4 +72,14 @@ fn bench_engine_rejects_tiny_route_sets() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--routes must be at least 100"));
+}
+
+#[test]
+fn bench_engine_rejects_a_skew_out_of_range() {
+    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
+        .args(["bench", "engine", "--routes", "1000", "--skew", "9"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--skew 9 is out of range"));
 }
