@@ -89,6 +89,9 @@ pub(crate) struct Probe<'a> {
     /// Set when a route with header conditions was checked, so the
     /// result depends on more than host, path and method.
     pub(crate) consulted_headers: bool,
+    /// The packed target of the route found, when the index had it next
+    /// to the path; [`NO_TARGET`] otherwise.
+    pub(crate) target: u32,
 }
 
 impl Probe<'_> {
@@ -140,16 +143,22 @@ enum BucketPaths {
 
 /// Paths up to this length are stored in their `ListedPath`, which keeps
 /// the entry at 32 bytes.
-const INLINE_PATH_LEN: usize = 15;
+const INLINE_PATH_LEN: usize = 11;
+
+/// `ListedPath::target` of an entry whose route must be checked first.
+pub(crate) const NO_TARGET: u32 = u32::MAX;
 
 /// One path of a listed bucket. A path of at most `INLINE_PATH_LEN` bytes
 /// is in `inline`, so a scan reads no other array; a longer one is at
-/// `start` in `HostIndex::listed_bytes`.
+/// `start` in `HostIndex::listed_bytes`. When the path has one route and
+/// that route has no method or header condition, `target` holds the
+/// route's packed target, so a match needs nothing else.
 #[derive(Clone, Copy, Debug)]
 struct ListedPath {
     candidates: Candidates,
     start: u32,
     len: u32,
+    target: u32,
     prefix: bool,
     inline: [u8; INLINE_PATH_LEN],
 }
@@ -216,6 +225,12 @@ impl HostIndex {
         for (id, route) in routes.iter().enumerate() {
             if route.methods().is_empty() && route.headers().is_empty() {
                 unconditional[id / 64] |= 1 << (id % 64);
+            }
+        }
+        for entry in index.listed.iter_mut() {
+            let id = entry.candidates.start as usize;
+            if entry.candidates.len == 1 && unconditional[id / 64] & (1 << (id % 64)) != 0 {
+                entry.target = crate::pack_target(&routes[id].target).unwrap_or(NO_TARGET);
             }
         }
         index.unconditional = unconditional.into_boxed_slice();
@@ -285,6 +300,10 @@ impl HostIndex {
                 path == bytes
             };
             if matches {
+                if entry.target != NO_TARGET {
+                    probe.target = entry.target;
+                    return Some(entry.candidates.start);
+                }
                 if let Some(found) = probe.first_accepted(self.run(&entry.candidates)) {
                     return Some(found);
                 }
@@ -408,6 +427,7 @@ fn listed_path(
         candidates,
         start: 0,
         len: path.len() as u32,
+        target: NO_TARGET,
         prefix,
         inline: [0; INLINE_PATH_LEN],
     };
@@ -600,8 +620,8 @@ mod tests {
         let mut listed_bytes = Vec::new();
         let run = Candidates { start: 3, len: 1 };
         let short = "/api/v1/";
-        let exact_fit = "/fifteen-bytes/";
-        let long = "/a/path/longer/than/fifteen/bytes";
+        let exact_fit = "/eleven-b1/";
+        let long = "/a/path/longer/than/eleven/bytes";
         assert_eq!(exact_fit.len(), INLINE_PATH_LEN);
         let entries: Vec<ListedPath> = [short, exact_fit, long]
             .iter()

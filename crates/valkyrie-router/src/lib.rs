@@ -468,6 +468,7 @@ impl RouteTable {
             headers: request.headers,
             tally: FitTally::default(),
             consulted_headers: false,
+            target: index::NO_TARGET,
         };
 
         let found = match request.host {
@@ -479,10 +480,15 @@ impl RouteTable {
         tally.operations += probe.tally.operations;
         tally.collisions += probe.tally.collisions;
         let consulted_headers = probe.consulted_headers;
+        let listed_target = probe.target;
         Routed {
             matched: found.map(|found| RouteMatch {
                 route: &self.routes[found as usize],
-                target: unpack_target(self.targets[found as usize]),
+                target: unpack_target(if listed_target == index::NO_TARGET {
+                    self.targets[found as usize]
+                } else {
+                    listed_target
+                }),
                 path,
             }),
             consulted_headers,
@@ -537,15 +543,16 @@ impl RouteTable {
 const TARGET_KEY_TABLE: u32 = 1 << 31;
 
 /// Packs a target into 32 bits, or returns `None` when its index needs
-/// more than 31.
-fn pack_target(target: &RouteTarget) -> Option<u32> {
+/// more than 31 bits or is the largest 31-bit one, whose packed key-table
+/// form is the index's "no target" marker.
+pub(crate) fn pack_target(target: &RouteTarget) -> Option<u32> {
     let (index, flag) = match *target {
         RouteTarget::Upstream(index) => (index, 0),
         RouteTarget::KeyTable(index) => (index, TARGET_KEY_TABLE),
     };
     u32::try_from(index)
         .ok()
-        .filter(|&index| index < TARGET_KEY_TABLE)
+        .filter(|&index| index < TARGET_KEY_TABLE - 1)
         .map(|index| index | flag)
 }
 
@@ -586,13 +593,17 @@ mod tests {
             RouteTarget::Upstream(0),
             RouteTarget::Upstream(7),
             RouteTarget::KeyTable(0),
-            RouteTarget::KeyTable(TARGET_KEY_TABLE as usize - 1),
+            RouteTarget::KeyTable(TARGET_KEY_TABLE as usize - 2),
         ] {
             let packed = pack_target(&target).expect("index fits");
             assert_eq!(unpack_target(packed), target);
         }
         assert_eq!(
             pack_target(&RouteTarget::Upstream(TARGET_KEY_TABLE as usize)),
+            None
+        );
+        assert_eq!(
+            pack_target(&RouteTarget::KeyTable(TARGET_KEY_TABLE as usize - 1)),
             None
         );
     }
