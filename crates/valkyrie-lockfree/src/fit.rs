@@ -95,8 +95,9 @@ struct Slot {
 
 /// The fields a lookup reads, copied out of a [`Fit`]: where its tag
 /// groups, slots and records are, and the group count. A
-/// [`crate::ShardedFit`] keeps one per shard in a flat array, so that a
-/// lookup reaches the tags without first loading the shard's header.
+/// [`crate::ShardedFit`] keeps those of each shard's base and delta in a
+/// flat array, so that a lookup reaches the tags without first loading a
+/// FIT header.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FitHead {
     tags: *const TagGroup,
@@ -106,6 +107,22 @@ pub(crate) struct FitHead {
 }
 
 impl FitHead {
+    /// The placeholder head of an absent table, which
+    /// [`FitHead::is_none`] detects. It must not be searched.
+    pub(crate) const NONE: FitHead = FitHead {
+        tags: std::ptr::null(),
+        slots: std::ptr::null(),
+        arena: std::ptr::null(),
+        group_count: 0,
+    };
+
+    /// Returns true for [`FitHead::NONE`]. A table always has at least one
+    /// group, so no head taken from a table has a group count of 0.
+    #[inline(always)]
+    pub(crate) fn is_none(&self) -> bool {
+        self.group_count == 0
+    }
+
     /// Returns the slot of `key`, if present, with the arena word of its
     /// record, and the collisions counted on the way. The home group is
     /// checked here, and the rare probe past it is a separate function,
@@ -131,6 +148,21 @@ impl FitHead {
             }
             self.find_past_home::<V>(key, hash, group_index, collisions)
         }
+    }
+
+    /// Returns false if `key` with this hash is surely absent: its home
+    /// group has no slot with its tag and no overflow for it. One tag
+    /// group load, without touching slots or records.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`].
+    #[inline(always)]
+    pub(crate) unsafe fn may_contain(&self, hash: u64) -> bool {
+        // SAFETY: `home_group` returns a group below `group_count`, and the
+        // caller keeps the table alive and unchanged.
+        let group = unsafe { &*self.tags.add(home_group(hash, self.group_count)) };
+        group.match_slots(tag_of(hash)) != 0 || group.may_overflow(hash)
     }
 
     /// Continues `find` in the groups after the home group.
@@ -380,7 +412,6 @@ pub struct FitStats {
 /// See the module documentation for the layout. Keys are at most
 /// [`MAX_KEY_LEN`] bytes and the record arena at most 32 GiB. A value type
 /// aligned to more than 8 bytes fails to compile.
-#[derive(Clone)]
 pub struct Fit<V> {
     tags: Box<[TagGroup]>,
     /// `GROUP_WIDTH` slots per tag group.
@@ -564,6 +595,12 @@ impl<V: Copy> Fit<V> {
     /// Panics if `key` is longer than [`MAX_KEY_LEN`] or the arena would
     /// exceed 32 GiB.
     pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
+        self.insert_counted(key, value, true)
+    }
+
+    /// Inserts like [`Fit::insert`], counting the insert in the shared
+    /// counters only if `count` is true.
+    pub(crate) fn insert_counted(&mut self, key: &[u8], value: V, count: bool) -> Option<V> {
         assert!(
             key.len() <= MAX_KEY_LEN,
             "FIT key of {} bytes is longer than the maximum of {MAX_KEY_LEN}",
@@ -571,7 +608,9 @@ impl<V: Copy> Fit<V> {
         );
         let hash = self.hash(key);
         let (found, collisions) = self.find(key, hash);
-        self.counters.record(collisions);
+        if count {
+            self.counters.record(collisions);
+        }
         if let Some((_, word)) = found {
             return Some(std::mem::replace(self.value_mut(word), value));
         }
@@ -589,9 +628,17 @@ impl<V: Copy> Fit<V> {
     /// than live arena bytes (and over 4 KiB of them) rebuilds the table at
     /// its current size.
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
+        self.remove_counted(key, true)
+    }
+
+    /// Removes like [`Fit::remove`], counting the remove in the shared
+    /// counters only if `count` is true.
+    pub(crate) fn remove_counted(&mut self, key: &[u8], count: bool) -> Option<V> {
         let hash = self.hash(key);
         let (found, collisions) = self.find(key, hash);
-        self.counters.record(collisions);
+        if count {
+            self.counters.record(collisions);
+        }
         let (slot, word) = found?;
         let value = *self.value(word);
         let group_count = self.tags.len();
@@ -661,6 +708,11 @@ impl<V: Copy> Fit<V> {
         // SAFETY: the head is taken from `self` and used while `&self`
         // keeps the table unchanged.
         unsafe { self.head().find::<V>(key, hash) }
+    }
+
+    /// Returns the words of the record arena, including removed records.
+    pub(crate) fn arena_words(&self) -> usize {
+        self.arena.len()
     }
 
     /// Returns the lookup fields of the table. They stay valid until the
@@ -791,6 +843,37 @@ fn record_key<V>(arena: &[MaybeUninit<u64>], word: u32, key_len: usize) -> &[u8]
     // of `key_len` bytes, so these bytes are inside the arena and
     // initialized.
     unsafe { std::slice::from_raw_parts(arena.as_ptr().cast::<u8>().add(start), key_len) }
+}
+
+impl<V> Fit<V> {
+    /// Copies the table, giving the copy's arena room for `spare_words`
+    /// more words, so that inserts into the copy do not reallocate (and
+    /// copy again) the arena until that room is used.
+    pub(crate) fn clone_with_spare(&self, spare_words: usize) -> Self {
+        let mut arena = Vec::with_capacity(self.arena.len() + spare_words);
+        arena.extend_from_slice(&self.arena);
+        Self {
+            tags: self.tags.clone(),
+            slots: self.slots.clone(),
+            overflow: self.overflow.clone(),
+            arena,
+            dead_words: self.dead_words,
+            len: self.len,
+            growth_limit: self.growth_limit,
+            max_load_factor: self.max_load_factor,
+            hasher: self.hasher.clone(),
+            counters: Arc::clone(&self.counters),
+            counting: self.counting,
+            values: PhantomData,
+        }
+    }
+}
+
+impl<V> Clone for Fit<V> {
+    /// Copies the table with an arena just large enough for its records.
+    fn clone(&self) -> Self {
+        self.clone_with_spare(0)
+    }
 }
 
 impl<V: Copy> Default for Fit<V> {

@@ -1,12 +1,14 @@
 //! Property tests: `ShardedFit` behaves like `std::collections::HashMap`
 //! under random inserts, removes and lookups, and a clone taken at any
-//! point keeps its entries while the original changes (and the reverse).
+//! point keeps its entries while the original changes (and the reverse),
+//! whether the changes go into deltas, straight into bases, or are folded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use valkyrie_lockfree::{FitCounters, FitTally, ShardedFit};
+use valkyrie_lockfree::{FitCounters, FitTally, Rcu, ShardedFit};
 
 /// The expected entries of a table.
 type Model = HashMap<Vec<u8>, u32>;
@@ -20,6 +22,11 @@ enum Op {
     Snapshot,
     /// Change the oldest snapshot instead of the live table.
     InsertIntoSnapshot(Vec<u8>, u32),
+    RemoveFromSnapshot(Vec<u8>),
+    /// Drop the oldest snapshot, so that shards it shared become unique
+    /// to the tables that remain.
+    DropSnapshot,
+    FoldAll,
     ShrinkToFit,
 }
 
@@ -40,16 +47,43 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (key(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
         3 => key().prop_map(Op::Remove),
         4 => key().prop_map(Op::Get),
-        1 => Just(Op::Snapshot),
+        2 => Just(Op::Snapshot),
         1 => (key(), any::<u32>()).prop_map(|(k, v)| Op::InsertIntoSnapshot(k, v)),
+        1 => key().prop_map(Op::RemoveFromSnapshot),
+        1 => Just(Op::DropSnapshot),
+        1 => Just(Op::FoldAll),
         1 => Just(Op::ShrinkToFit),
     ]
 }
 
-fn assert_same(table: &ShardedFit<u32>, model: &Model) -> Result<(), TestCaseError> {
+/// Returns every key an operation names.
+fn keys_of(ops: &[Op]) -> HashSet<Vec<u8>> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Insert(key, _)
+            | Op::Remove(key)
+            | Op::Get(key)
+            | Op::InsertIntoSnapshot(key, _)
+            | Op::RemoveFromSnapshot(key) => Some(key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks the length, a lookup of every key in `keys` and the model, and
+/// the iteration of `table` against `model`.
+fn assert_same(
+    table: &ShardedFit<u32>,
+    model: &Model,
+    keys: &HashSet<Vec<u8>>,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(table.len(), model.len());
     for (key, value) in model {
         prop_assert_eq!(table.get(key), Some(value));
+    }
+    for key in keys {
+        prop_assert_eq!(table.get(key), model.get(key), "key {:?}", key);
+        prop_assert_eq!(table.contains_key(key), model.contains_key(key));
     }
     let mut seen: Vec<(Vec<u8>, u32)> = table.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
     let mut expected: Vec<(Vec<u8>, u32)> = model
@@ -72,6 +106,7 @@ fn check_against_model(
     let mut model = Model::new();
     let mut snapshots: Vec<(ShardedFit<u32>, Model)> = Vec::new();
     let mut tally = FitTally::default();
+    let keys = keys_of(ops);
     for op in ops {
         match op {
             Op::Insert(key, value) => {
@@ -94,13 +129,37 @@ fn check_against_model(
                     );
                 }
             }
+            Op::RemoveFromSnapshot(key) => {
+                if let Some((snapshot, snapshot_model)) = snapshots.first_mut() {
+                    prop_assert_eq!(snapshot.remove(key), snapshot_model.remove(key));
+                }
+            }
+            Op::DropSnapshot => {
+                if !snapshots.is_empty() {
+                    snapshots.remove(0);
+                }
+            }
+            Op::FoldAll => {
+                table.fold_all();
+                prop_assert_eq!(table.delta_len(), 0);
+                prop_assert_eq!(table.delta_count(), 0);
+            }
             Op::ShrinkToFit => table.shrink_to_fit(),
         }
         prop_assert_eq!(table.len(), model.len());
     }
-    assert_same(&table, &model)?;
+    assert_same(&table, &model, &keys)?;
     for (snapshot, snapshot_model) in &snapshots {
-        assert_same(snapshot, snapshot_model)?;
+        assert_same(snapshot, snapshot_model, &keys)?;
+    }
+    // Folding changes no table's entries, and a fold of the live table
+    // changes no snapshot that shares its shards.
+    table.fold_all();
+    assert_same(&table, &model, &keys)?;
+    for (snapshot, snapshot_model) in &mut snapshots {
+        assert_same(snapshot, snapshot_model, &keys)?;
+        snapshot.fold_all();
+        assert_same(snapshot, snapshot_model, &keys)?;
     }
     let gets = ops.iter().filter(|op| matches!(op, Op::Get(_))).count();
     prop_assert_eq!(tally.operations, gets as u64);
@@ -120,6 +179,16 @@ proptest! {
     }
 }
 
+/// Returns how many base shards two tables share.
+fn shared_bases(table: &ShardedFit<u32>, other: &ShardedFit<u32>) -> usize {
+    table
+        .shards()
+        .iter()
+        .zip(other.shards())
+        .filter(|(mine, theirs)| Arc::ptr_eq(mine, theirs))
+        .count()
+}
+
 #[test]
 fn clones_share_untouched_shards() {
     let counters = FitCounters::new();
@@ -127,17 +196,141 @@ fn clones_share_untouched_shards() {
     for i in 0..1000u32 {
         table.insert(format!("tenant-{i:07}").as_bytes(), i);
     }
+    assert_eq!(table.delta_count(), 0, "a table never cloned has no delta");
     let snapshot = table.clone();
     table.insert(b"tenant-0000001", 7);
-    let shared = table
-        .shards()
-        .iter()
-        .zip(snapshot.shards())
-        .filter(|(mine, theirs)| Arc::ptr_eq(mine, theirs))
-        .count();
-    assert_eq!(shared, 15, "one insert copies exactly one of 16 shards");
+    assert_eq!(
+        shared_bases(&table, &snapshot),
+        16,
+        "an insert into a shared shard copies no base"
+    );
+    assert_eq!(table.delta_len(), 1);
+    assert_eq!(snapshot.delta_len(), 0);
     assert_eq!(snapshot.get(b"tenant-0000001"), Some(&1));
     assert_eq!(table.get(b"tenant-0000001"), Some(&7));
+
+    table.fold_all();
+    assert_eq!(
+        shared_bases(&table, &snapshot),
+        15,
+        "folding copies exactly the one base with a delta"
+    );
+    assert_eq!(table.delta_len(), 0);
+    assert_eq!(snapshot.get(b"tenant-0000001"), Some(&1));
+    assert_eq!(table.get(b"tenant-0000001"), Some(&7));
+}
+
+#[test]
+fn batch_copies_bounded_bases() {
+    // 64 shards of about 1,000 entries. A batch of 200 changes earns fold
+    // work for about 200 * 8 / 1,000 = 1.6 shards, where copying on write
+    // would copy nearly every base.
+    let counters = FitCounters::new();
+    let mut table: ShardedFit<u32> = ShardedFit::new(64, 1100, 0.875, &counters);
+    for i in 0..64_000u32 {
+        table.insert(format!("tenant-{i:07}").as_bytes(), i);
+    }
+    let mut model: Model = table
+        .iter()
+        .map(|(key, value)| (key.to_vec(), *value))
+        .collect();
+    for batch in 0..40u32 {
+        let snapshot = table.clone();
+        let snapshot_model = model.clone();
+        for change in 0..200u32 {
+            let n = batch * 200 + change;
+            let key = format!("tenant-{:07}", n * 7919 % 70_000).into_bytes();
+            if n % 5 == 0 {
+                assert_eq!(table.remove(&key), model.remove(&key));
+            } else {
+                assert_eq!(table.insert(&key, n), model.insert(key, n));
+            }
+        }
+        let copied = 64 - shared_bases(&table, &snapshot);
+        assert!(copied <= 3, "batch {batch} copied {copied} of 64 bases");
+        assert_eq!(snapshot.len(), snapshot_model.len());
+        assert_eq!(table.len(), model.len());
+        assert!(
+            table.delta_len() < 64_000 / 4,
+            "batch {batch}: {} delta entries",
+            table.delta_len()
+        );
+    }
+    for (key, value) in &model {
+        assert_eq!(table.get(key), Some(value));
+    }
+    assert_eq!(table.iter().count(), model.len());
+}
+
+#[test]
+fn deltas_are_counted_once() {
+    let counters = FitCounters::new();
+    let mut table: ShardedFit<u32> = ShardedFit::new(4, 16, 0.875, &counters);
+    for i in 0..10u32 {
+        table.insert(&i.to_le_bytes(), i);
+    }
+    let _snapshot = table.clone();
+    let before = counters.operations();
+    table.insert(&1u32.to_le_bytes(), 100);
+    table.insert(&99u32.to_le_bytes(), 99);
+    assert_eq!(table.remove(&2u32.to_le_bytes()), Some(2));
+    assert_eq!(table.remove(&98u32.to_le_bytes()), None);
+    assert_eq!(
+        counters.operations() - before,
+        3,
+        "two inserts and one remove of a present key"
+    );
+    table.fold_all();
+    assert_eq!(counters.operations() - before, 3, "folding is not counted");
+}
+
+#[test]
+fn readers_see_whole_batches() {
+    // Each batch sets every key of a group to the batch number and moves
+    // one extra key, so a snapshot that mixed two batches would show
+    // different values or a different length.
+    const KEYS: u32 = 3000;
+    const BATCHES: u32 = 60;
+    let counters = FitCounters::new();
+    let mut first: ShardedFit<u32> = ShardedFit::new(8, 512, 0.875, &counters);
+    for i in 0..KEYS {
+        first.insert(format!("key-{i}").as_bytes(), 0);
+    }
+    first.insert(b"extra-0", 0);
+    let rcu = Arc::new(Rcu::new(first));
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let mut checked = 0u32;
+                // Bounded in case the writer stops early.
+                while !done.load(Ordering::Acquire) && checked < 100_000 {
+                    let snapshot = rcu.load_full();
+                    let batch = *snapshot.get(b"key-0").expect("key-0 is present");
+                    for i in (0..KEYS).step_by(7) {
+                        assert_eq!(snapshot.get(format!("key-{i}").as_bytes()), Some(&batch));
+                    }
+                    let extra = format!("extra-{batch}");
+                    assert_eq!(snapshot.get(extra.as_bytes()), Some(&batch));
+                    assert_eq!(snapshot.len(), KEYS as usize + 1);
+                    checked += 1;
+                }
+            });
+        }
+        for batch in 1..=BATCHES {
+            rcu.update(|current| {
+                let mut next = current.clone();
+                for i in 0..KEYS {
+                    next.insert(format!("key-{i}").as_bytes(), batch);
+                }
+                next.remove(format!("extra-{}", batch - 1).as_bytes());
+                next.insert(format!("extra-{batch}").as_bytes(), batch);
+                next
+            });
+        }
+        done.store(true, Ordering::Release);
+    });
+    assert_eq!(rcu.load().get(b"key-1"), Some(&BATCHES));
 }
 
 #[test]

@@ -5,10 +5,12 @@
 //! A [`KeyTable`] keeps its entries in a [`ShardedFit`]: FIT shards behind
 //! `Arc`s, picked by bits of the key's hash. A published table is never
 //! changed: an update clones the table, which copies only the shard
-//! pointers, and then copies each shard it changes. So a batch of updates
-//! costs the shards it touches, not the whole table. A lookup hashes the
-//! key once and reads the shard's tag and slot positions from a flat
-//! array in the table, so it does not load the `Arc` or the shard's header.
+//! pointers, and then writes its changes into small per-shard deltas. A
+//! few deltas per batch are folded into copies of their shards. So a batch
+//! of updates costs about its own size, not the table's. A lookup hashes
+//! the key once and reads the shard's tag and slot positions from a flat
+//! array in the table, so it does not load the `Arc` or the shard's
+//! header. In a shard with a delta, the delta's entry for the key wins.
 //!
 //! Entry files have one entry per line, `key,upstream` or
 //! `key,upstream,endpoint`; [`parse_entries`] reads them and names the line
@@ -200,9 +202,12 @@ pub struct KeyTableStats {
     pub shards: usize,
     /// FIT slots over all shards.
     pub slots: usize,
-    /// Heap bytes of the shards (tags, slots and records of keys and
-    /// values).
+    /// Heap bytes of the shards and their deltas (tags, slots and records
+    /// of keys and values).
     pub heap_bytes: usize,
+    /// Changes not yet folded into the shards: upserts and tombstones in
+    /// the shards' deltas.
+    pub delta_entries: usize,
 }
 
 /// Sizing of the FIT shards, from `[routing.lockfree]`.
@@ -322,8 +327,8 @@ impl KeyTable {
         }
     }
 
-    /// Inserts or replaces an entry, copying its shard first if a published
-    /// snapshot shares it. Returns the target it replaced.
+    /// Inserts or replaces an entry, into its shard's delta if a published
+    /// snapshot shares the shard. Returns the target it replaced.
     ///
     /// # Panics
     ///
@@ -332,8 +337,8 @@ impl KeyTable {
         self.entries.insert(key, target)
     }
 
-    /// Removes an entry, copying its shard first if a published snapshot
-    /// shares it and the key is present. Returns the removed target.
+    /// Removes an entry, through its shard's delta if a published snapshot
+    /// shares the shard. Returns the removed target.
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyTarget> {
         self.entries.remove(key)
     }
@@ -344,19 +349,17 @@ impl KeyTable {
         self.entries.shrink_to_fit();
     }
 
-    /// Returns the entry count, shard count, slots and heap bytes.
+    /// Returns the entry count, shard count, slots, heap bytes and pending
+    /// delta entries.
     pub fn stats(&self) -> KeyTableStats {
         let shards = self.entries.shards();
-        let mut stats = KeyTableStats {
+        KeyTableStats {
             entries: self.entries.len(),
             shards: shards.len(),
-            ..KeyTableStats::default()
-        };
-        for shard in shards {
-            stats.slots += shard.slots();
-            stats.heap_bytes += shard.heap_bytes();
+            slots: shards.iter().map(|shard| shard.slots()).sum(),
+            heap_bytes: self.entries.heap_bytes(),
+            delta_entries: self.entries.delta_len(),
         }
-        stats
     }
 
     /// Returns every entry, in no particular order.
@@ -606,6 +609,43 @@ mod tests {
             assert!(fullest < mean * 6 / 5, "{} of {mean}", fullest);
             assert!(emptiest > mean * 4 / 5, "{} of {mean}", emptiest);
         }
+    }
+
+    #[test]
+    fn stats_count_pending_changes() {
+        let counters = FitCounters::new();
+        let sizing = TableSizing {
+            capacity: 16,
+            load_factor: 0.75,
+        };
+        let mut table = KeyTable::new(
+            "t",
+            KeySpec::PathSegment(0),
+            None,
+            20_000,
+            sizing,
+            &counters,
+        );
+        for i in 0..20_000 {
+            table.insert(format!("tenant-{i:07}").as_bytes(), KeyTarget::new(0, None));
+        }
+        let built = table.stats();
+        assert_eq!(built.delta_entries, 0, "a table never cloned has no delta");
+
+        let published = table.clone();
+        table.insert(b"tenant-0000001", KeyTarget::new(1, None));
+        table.remove(b"tenant-0000002");
+        let changed = table.stats();
+        assert_eq!(changed.entries, 19_999);
+        assert_eq!(changed.delta_entries, 2, "an upsert and a tombstone");
+        assert!(changed.heap_bytes > built.heap_bytes, "deltas are counted");
+        assert_eq!(published.stats(), built, "the published table is unchanged");
+        assert_eq!(table.get(b"tenant-0000001"), Some(KeyTarget::new(1, None)));
+        assert_eq!(table.get(b"tenant-0000002"), None);
+        assert_eq!(
+            published.get(b"tenant-0000002"),
+            Some(KeyTarget::new(0, None))
+        );
     }
 
     #[test]
