@@ -1,9 +1,9 @@
-//! `ShardedFit` as a key table in RCU snapshots: the cost of a batch of
-//! 10,000 changes applied to a clone of the current table, and lookups in
-//! a table without deltas, with the deltas that such batches leave, and
-//! after folding them. Tables of 7,000, 70,000 and 700,000 entries in
-//! shards of about 4,096 entries, as `valkyrie-router`'s key tables size
-//! them, one thread.
+//! `ShardedFit` as a key table in RCU snapshots. Measures the cost of a
+//! batch of 10,000 changes applied to a clone of the current table, and
+//! lookups in three tables: one without deltas, one with the deltas that
+//! such batches leave, and the same after folding them. Tables have 7,000,
+//! 70,000 and 700,000 entries in shards of about 4,096 entries, as
+//! `valkyrie-router` sizes its key tables, and run on one thread.
 //!
 //! Run: `cargo bench -p valkyrie-lockfree --bench sharded`.
 

@@ -12,7 +12,9 @@
 //! [`Publisher`] batches caller-defined updates on a background thread and
 //! publishes a new snapshot built by a caller-supplied `apply` function after
 //! at most the configured grace period, or sooner when enough updates are
-//! queued or a caller flushes.
+//! queued or a caller flushes. [`Publisher::spawn_with_idle`] also takes a
+//! function that may publish deferred work (such as compaction) while no
+//! updates arrive.
 //!
 //! Each snapshot carries a generation number that grows by one per publish.
 //! When a snapshot is replaced, it is stamped with the time of replacement.
@@ -243,6 +245,20 @@ impl<T> Rcu<T> {
         self.publish_locked(&mut generation, value)
     }
 
+    /// Builds a new snapshot from the current one with `build` and
+    /// publishes it, like [`Rcu::update`], unless `build` returns `None`.
+    /// Returns the new generation, or `None` if nothing was published.
+    pub fn try_update<F>(&self, build: F) -> Option<u64>
+    where
+        F: FnOnce(&T) -> Option<T>,
+    {
+        let mut generation = lock(&self.writer);
+        let current = self.cell.load_full();
+        let value = build(&current.value);
+        drop(current);
+        Some(self.publish_locked(&mut generation, value?))
+    }
+
     fn publish_locked(&self, generation: &mut u64, value: T) -> u64 {
         *generation += 1;
         let snapshot = Arc::new(Snapshot {
@@ -326,6 +342,12 @@ pub struct PublisherStats {
     pub failed_batches: u64,
     /// Updates in the failed batches.
     pub failed_updates: u64,
+    /// Snapshots published by the idle function (see
+    /// [`Publisher::spawn_with_idle`]).
+    pub idle_publishes: u64,
+    /// Calls of the idle function that panicked; the current snapshot
+    /// stayed, and the idle function waits for the next batch.
+    pub failed_idle_calls: u64,
 }
 
 struct QueueState<U> {
@@ -376,6 +398,44 @@ where
     where
         F: FnMut(&T, &[U]) -> T + Send + 'static,
     {
+        Self::start(rcu, config, apply, None::<fn(&T) -> Option<T>>)
+    }
+
+    /// Starts the publishing thread like [`Publisher::spawn`], with an
+    /// idle function for deferred work such as compaction. Once the queue
+    /// has stayed empty for a grace period after a batch, the thread calls
+    /// `idle(current)`. If it returns a new snapshot, the thread publishes
+    /// it and calls `idle` again after the next empty grace period. If it
+    /// returns `None` or panics, `idle` waits for the next batch. A batch
+    /// that arrives first is applied first.
+    ///
+    /// # Errors
+    ///
+    /// Returns the error of `std::thread::Builder::spawn` if the thread
+    /// cannot be started.
+    pub fn spawn_with_idle<F, I>(
+        rcu: Arc<Rcu<T>>,
+        config: PublisherConfig,
+        apply: F,
+        idle: I,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(&T, &[U]) -> T + Send + 'static,
+        I: FnMut(&T) -> Option<T> + Send + 'static,
+    {
+        Self::start(rcu, config, apply, Some(idle))
+    }
+
+    fn start<F, I>(
+        rcu: Arc<Rcu<T>>,
+        config: PublisherConfig,
+        apply: F,
+        idle: Option<I>,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(&T, &[U]) -> T + Send + 'static,
+        I: FnMut(&T) -> Option<T> + Send + 'static,
+    {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
                 pending: Vec::new(),
@@ -394,7 +454,7 @@ where
             let queue = Arc::clone(&queue);
             thread::Builder::new()
                 .name("valkyrie-rcu-publisher".into())
-                .spawn(move || run_worker(&rcu, &queue, config, apply))?
+                .spawn(move || run_worker(&rcu, &queue, config, apply, idle))?
         };
         Ok(Self {
             rcu,
@@ -482,23 +542,55 @@ impl<T, U> fmt::Debug for Publisher<T, U> {
 }
 
 /// Body of the publishing thread: waits until a batch is due, applies it
-/// outside the queue lock and publishes the result.
-fn run_worker<T, U, F>(rcu: &Rcu<T>, queue: &Queue<U>, config: PublisherConfig, mut apply: F)
-where
+/// outside the queue lock and publishes the result. Between batches, runs
+/// `idle` as [`Publisher::spawn_with_idle`] describes.
+fn run_worker<T, U, F, I>(
+    rcu: &Rcu<T>,
+    queue: &Queue<U>,
+    config: PublisherConfig,
+    mut apply: F,
+    mut idle: Option<I>,
+) where
     F: FnMut(&T, &[U]) -> T,
+    I: FnMut(&T) -> Option<T>,
 {
     let max_pending = config.max_pending.max(1);
     let mut batch = Vec::new();
+    // True from a published batch until `idle` returns `None` or panics.
+    let mut idle_due = false;
     let mut state = lock(&queue.state);
     loop {
         if state.pending.is_empty() {
             if state.shutdown {
                 return;
             }
-            state = queue
+            let Some(idle) = idle.as_mut().filter(|_| idle_due) else {
+                state = queue
+                    .wake_worker
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            };
+            let (next, timeout) = queue
                 .wake_worker
-                .wait(state)
+                .wait_timeout(state, config.grace_period)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = next;
+            if !timeout.timed_out() || !state.pending.is_empty() || state.shutdown {
+                continue;
+            }
+            drop(state);
+
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| rcu.try_update(|current| idle(current))));
+            idle_due = matches!(outcome, Ok(Some(_)));
+
+            state = lock(&queue.state);
+            match outcome {
+                Ok(Some(_)) => state.stats.idle_publishes += 1,
+                Ok(None) => {}
+                Err(_) => state.stats.failed_idle_calls += 1,
+            }
             continue;
         }
         let waited = state
@@ -531,6 +623,7 @@ where
         if outcome.is_ok() {
             state.stats.applied += count;
             state.stats.batches += 1;
+            idle_due = true;
         } else {
             state.stats.failed_updates += count;
             state.stats.failed_batches += 1;

@@ -305,6 +305,24 @@ impl<V: Copy> ShardedFit<V> {
         self.fold_credit = 0;
     }
 
+    /// Folds the largest deltas into their bases, copying each base that a
+    /// clone shares, until about `max_entries` base entries were copied or
+    /// no delta is left. Folds at least one delta if there is any. Returns
+    /// the base and delta entries it went through, 0 if there was no delta.
+    /// For folding a few shards at a time while no batch arrives, so that
+    /// lookups stop probing deltas without one publish copying the table.
+    pub fn fold_some(&mut self, max_entries: usize) -> usize {
+        let mut folded = 0;
+        while let Some(index) = self.largest_delta() {
+            folded += self.shards[index].len() + self.delta_lens[index] as usize;
+            self.fold(index);
+            if folded >= max_entries {
+                break;
+            }
+        }
+        folded
+    }
+
     /// Releases spare arena capacity of every base that no clone shares.
     /// Deltas keep theirs: a delta's spare room is at most about its own
     /// size, and the next change to a shared delta copies it anyway.

@@ -1,6 +1,7 @@
 //! RCU with real threads: readers see monotonic generations and consistent
 //! snapshots, replaced snapshots are freed, and the publisher batches,
-//! flushes and survives a panicking `apply`.
+//! flushes, runs idle work between batches and survives a panicking
+//! `apply` or idle function.
 #![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -261,4 +262,90 @@ fn publisher_survives_panicking_apply() {
     assert_eq!(stats.failed_batches, 1);
     assert_eq!(stats.failed_updates, 2);
     assert_eq!(stats.applied, 3);
+}
+
+/// Waits until `done` returns true, failing after 30 seconds. Liveness,
+/// not timing: the work must happen without a further submit or flush.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn publisher_runs_idle_work_after_batches() {
+    let rcu = Arc::new(Rcu::new(Vec::<u64>::new()));
+    let config = PublisherConfig {
+        grace_period: Duration::from_millis(2),
+        max_pending: 1_000_000,
+    };
+    // The idle function moves one value to the end at a time, so each
+    // batch leaves up to two steps of idle work.
+    let idle_calls = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let idle_calls = Arc::clone(&idle_calls);
+        Publisher::spawn_with_idle(Arc::clone(&rcu), config, append, move |current| {
+            idle_calls.fetch_add(1, Ordering::SeqCst);
+            let position = current.iter().position(|&value| value < 100)?;
+            let mut next = current.clone();
+            let value = next.remove(position);
+            next.push(value + 100);
+            Some(next)
+        })
+        .expect("spawn publisher")
+    };
+
+    publisher.submit_all([1, 2]);
+    publisher.flush();
+    assert_eq!(**rcu.load(), vec![1, 2]);
+    wait_until("idle work on the first batch", || {
+        **rcu.load() == vec![101, 102] && publisher.stats().idle_publishes == 2
+    });
+    wait_until("the idle call that finds no work", || {
+        idle_calls.load(Ordering::SeqCst) == 3
+    });
+    assert_eq!(rcu.generation(), 3, "one batch and two idle publishes");
+
+    publisher.submit(3);
+    publisher.flush();
+    wait_until("idle work on the second batch", || {
+        **rcu.load() == vec![101, 102, 103]
+    });
+    wait_until("the idle call that finds no work", || {
+        idle_calls.load(Ordering::SeqCst) == 5
+    });
+    let stats = publisher.stats();
+    assert_eq!(stats.batches, 2);
+    assert_eq!(stats.idle_publishes, 3);
+    assert_eq!(stats.failed_idle_calls, 0);
+}
+
+#[test]
+fn publisher_survives_panicking_idle() {
+    let rcu = Arc::new(Rcu::new(Vec::<u64>::new()));
+    let config = PublisherConfig {
+        grace_period: Duration::from_millis(2),
+        max_pending: 1_000_000,
+    };
+    let publisher = Publisher::spawn_with_idle(
+        Arc::clone(&rcu),
+        config,
+        append,
+        |_: &Vec<u64>| -> Option<Vec<u64>> { panic!("idle fails") },
+    )
+    .expect("spawn publisher");
+    publisher.submit(1);
+    publisher.flush();
+    wait_until("the failed idle call", || {
+        publisher.stats().failed_idle_calls == 1
+    });
+    publisher.submit(2);
+    publisher.flush();
+    assert_eq!(**rcu.load(), vec![1, 2], "batches still apply");
+    wait_until("the second failed idle call", || {
+        publisher.stats().failed_idle_calls == 2
+    });
+    assert_eq!(publisher.stats().idle_publishes, 0);
 }

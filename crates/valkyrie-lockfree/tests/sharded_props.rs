@@ -27,6 +27,8 @@ enum Op {
     /// to the tables that remain.
     DropSnapshot,
     FoldAll,
+    /// Fold deltas until about this many entries were gone through.
+    FoldSome(usize),
     ShrinkToFit,
 }
 
@@ -52,6 +54,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => key().prop_map(Op::RemoveFromSnapshot),
         1 => Just(Op::DropSnapshot),
         1 => Just(Op::FoldAll),
+        1 => (0usize..100).prop_map(Op::FoldSome),
         1 => Just(Op::ShrinkToFit),
     ]
 }
@@ -143,6 +146,12 @@ fn check_against_model(
                 table.fold_all();
                 prop_assert_eq!(table.delta_len(), 0);
                 prop_assert_eq!(table.delta_count(), 0);
+            }
+            Op::FoldSome(max_entries) => {
+                let before = table.delta_len();
+                let folded = table.fold_some(*max_entries);
+                prop_assert_eq!(folded == 0, before == 0);
+                prop_assert!(table.delta_len() < before || before == 0);
             }
             Op::ShrinkToFit => table.shrink_to_fit(),
         }
@@ -263,6 +272,43 @@ fn batch_copies_bounded_bases() {
 }
 
 #[test]
+fn fold_some_stops_after_budget() {
+    let counters = FitCounters::new();
+    let mut table: ShardedFit<u32> = ShardedFit::new(16, 300, 0.875, &counters);
+    for i in 0..4000u32 {
+        table.insert(format!("tenant-{i:07}").as_bytes(), i);
+    }
+    let snapshot = table.clone();
+    // Fewer changes than the fold work of one shard earns, spread over
+    // every shard.
+    for i in 0..20u32 {
+        table.insert(format!("tenant-{:07}", i * 199).as_bytes(), 0);
+    }
+    let with_deltas = table.delta_count();
+    assert!(with_deltas > 4, "{with_deltas} shards with a delta");
+    assert_eq!(shared_bases(&table, &snapshot), 16);
+
+    // A shard has about 250 entries, so a budget of 400 folds two.
+    let folded = table.fold_some(400);
+    assert!(folded >= 400, "went through {folded} entries");
+    assert_eq!(table.delta_count(), with_deltas - 2);
+    assert_eq!(shared_bases(&table, &snapshot), 14);
+
+    let folded = table.fold_some(0);
+    assert!(folded > 0, "a zero budget still folds one delta");
+    assert_eq!(table.delta_count(), with_deltas - 3);
+
+    while table.fold_some(1000) > 0 {}
+    assert_eq!(table.delta_len(), 0);
+    assert_eq!(table.fold_some(1000), 0, "nothing left to fold");
+    for i in 0..20u32 {
+        let key = format!("tenant-{:07}", i * 199);
+        assert_eq!(table.get(key.as_bytes()), Some(&0));
+        assert_eq!(snapshot.get(key.as_bytes()), Some(&(i * 199)));
+    }
+}
+
+#[test]
 fn deltas_are_counted_once() {
     let counters = FitCounters::new();
     let mut table: ShardedFit<u32> = ShardedFit::new(4, 16, 0.875, &counters);
@@ -299,6 +345,7 @@ fn readers_see_whole_batches() {
     first.insert(b"extra-0", 0);
     let rcu = Arc::new(Rcu::new(first));
     let done = AtomicBool::new(false);
+
     std::thread::scope(|scope| {
         for _ in 0..2 {
             scope.spawn(|| {
@@ -317,6 +364,7 @@ fn readers_see_whole_batches() {
                 }
             });
         }
+
         for batch in 1..=BATCHES {
             rcu.update(|current| {
                 let mut next = current.clone();
@@ -330,6 +378,7 @@ fn readers_see_whole_batches() {
         }
         done.store(true, Ordering::Release);
     });
+
     assert_eq!(rcu.load().get(b"key-1"), Some(&BATCHES));
 }
 

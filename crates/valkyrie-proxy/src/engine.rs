@@ -239,14 +239,27 @@ impl Engine {
         };
         let mut publisher = lock(&self.publisher);
         if publisher.as_ref().map(|(settings, _)| *settings) != Some(expected) {
-            let stats = Arc::clone(stats);
-            let apply = move |current: &Snapshot, batches: &[KeyBatch]| {
-                let next = crate::keys::apply_batches(current, batches);
-                current.retire(&stats);
-                stats.published.fetch_add(1, Ordering::Relaxed);
-                next
+            let apply = {
+                let stats = Arc::clone(stats);
+                move |current: &Snapshot, batches: &[KeyBatch]| {
+                    let next = crate::keys::apply_batches(current, batches);
+                    current.retire(&stats);
+                    stats.published.fetch_add(1, Ordering::Relaxed);
+                    next
+                }
             };
-            match Publisher::spawn(Arc::clone(rcu), expected, apply) {
+            // Between batches, folds key-table deltas a few shards per
+            // grace period, so that lookups stop probing them.
+            let fold = {
+                let stats = Arc::clone(stats);
+                move |current: &Snapshot| {
+                    let next = crate::keys::fold_deltas(current, crate::keys::IDLE_FOLD_ENTRIES)?;
+                    current.retire(&stats);
+                    stats.published.fetch_add(1, Ordering::Relaxed);
+                    Some(next)
+                }
+            };
+            match Publisher::spawn_with_idle(Arc::clone(rcu), expected, apply, fold) {
                 // The replaced publisher publishes what it has queued when
                 // its last user drops it.
                 Ok(started) => *publisher = Some((expected, Arc::new(started))),

@@ -399,6 +399,40 @@ pub(crate) fn apply_batches(current: &Snapshot, batches: &[KeyBatch]) -> Snapsho
     current.with_key_tables(tables)
 }
 
+/// Base entries that one idle fold copies at most, summed over the key
+/// tables: 16 shards of the 4,096 entries a key-table shard is sized for,
+/// a few MiB of copying per publish.
+pub(crate) const IDLE_FOLD_ENTRIES: usize = 16 * 4096;
+
+/// Builds the snapshot that follows `current` with some of its key
+/// tables' pending deltas folded into their shards, about `max_entries`
+/// entries' worth, or returns `None` when no table has a delta. The
+/// publisher calls it while no batch arrives, so that lookups stop
+/// probing deltas without one publish copying whole tables.
+pub(crate) fn fold_deltas(current: &Snapshot, max_entries: usize) -> Option<Snapshot> {
+    if current
+        .key_tables
+        .iter()
+        .all(|loaded| loaded.table.delta_len() == 0)
+    {
+        return None;
+    }
+    let mut tables = current.key_tables.clone();
+    let mut budget = max_entries;
+    for loaded in tables.iter_mut() {
+        if loaded.table.delta_len() == 0 {
+            continue;
+        }
+        let table = Arc::make_mut(&mut loaded.table);
+        budget = budget.saturating_sub(table.fold_some(budget));
+        table.shrink_to_fit();
+        if budget == 0 {
+            break;
+        }
+    }
+    Some(current.with_key_tables(tables))
+}
+
 fn apply_batch(
     tables: &mut [LoadedTable],
     names: &UpstreamNames,

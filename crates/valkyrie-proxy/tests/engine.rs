@@ -213,6 +213,50 @@ async fn reload_keeps_batches_applied_during_build() {
 }
 
 #[tokio::test]
+async fn idle_publisher_folds_key_deltas() {
+    let folder = Folder::new("fold");
+    // Enough entries for two shards of about 4,096, so that a small batch
+    // leaves its changes in deltas.
+    let entries: String = (0..10_000)
+        .map(|i| format!("tenant-{i:05},alpha\n"))
+        .collect();
+    folder.write("tenants.csv", &entries);
+    let state = state(&folder).await;
+
+    let changes = (0..10)
+        .map(|i| upsert(&format!("tenant-{i:05}"), "beta"))
+        .collect();
+    let outcome = state
+        .engine
+        .apply_keys(&state, "tenants", changes)
+        .await
+        .unwrap();
+    assert_eq!(outcome.upserted, 10);
+    let batch = pin(&state);
+    assert_eq!(batch.generation, outcome.generation);
+    assert_eq!(batch.key_tables[0].table.delta_len(), 10);
+
+    // Liveness, not timing: the publisher folds the deltas on its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while state.snapshot.load().key_tables[0].table.delta_len() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deltas not folded while idle"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let folded = pin(&state);
+    assert!(folded.generation > batch.generation);
+    assert!(state.engine.publisher_stats().idle_publishes >= 1);
+    assert_eq!(folded.key_tables[0].table.len(), 10_000);
+    assert_eq!(target(&folded, "tenant-00003"), Some(1));
+    assert_eq!(target(&folded, "tenant-00010"), Some(0));
+    // The batch's snapshot still reads its deltas.
+    assert_eq!(batch.key_tables[0].table.delta_len(), 10);
+    assert_eq!(target(&batch, "tenant-00003"), Some(1));
+}
+
+#[tokio::test]
 async fn bad_entry_files_fail_the_build() {
     let folder = Folder::new("bad");
     folder.write("tenants.csv", "acme,alpha\n\nbroken\n");

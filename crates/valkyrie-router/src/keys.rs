@@ -343,6 +343,18 @@ impl KeyTable {
         self.entries.remove(key)
     }
 
+    /// Returns the number of changes not yet folded into the shards.
+    pub fn delta_len(&self) -> usize {
+        self.entries.delta_len()
+    }
+
+    /// Folds the largest pending deltas into copies of their shards until
+    /// about `max_entries` entries were gone through, and returns that
+    /// count: 0 when no change was pending.
+    pub fn fold_some(&mut self, max_entries: usize) -> usize {
+        self.entries.fold_some(max_entries)
+    }
+
     /// Releases spare key-arena capacity of every shard that no other
     /// table shares. Call it once a table is fully loaded.
     pub fn shrink_to_fit(&mut self) {
