@@ -165,6 +165,23 @@ impl FitHead {
         group.match_slots(tag_of(hash)) != 0 || group.may_overflow(hash)
     }
 
+    /// Asks the CPU to start loading the home tag group and slots of
+    /// `hash`, so that a later [`FitHead::find`] of it waits less.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`].
+    #[inline(always)]
+    pub(crate) unsafe fn prefetch_home(&self, hash: u64) {
+        let group_index = home_group(hash, self.group_count);
+        // SAFETY: `home_group` returns a group below `group_count`, whose
+        // slots start at `group_index * GROUP_WIDTH`.
+        unsafe {
+            prefetch(&*self.tags.add(group_index));
+            prefetch(&*self.slots.add(group_index * GROUP_WIDTH));
+        }
+    }
+
     /// Continues `find` in the groups after the home group.
     ///
     /// # Safety
@@ -785,18 +802,71 @@ impl<V: Copy> Fit<V> {
         let old_arena = std::mem::replace(&mut self.arena, Vec::with_capacity(live_words));
         self.dead_words = 0;
         self.growth_limit = growth_limit(group_count, self.max_load_factor);
-        for (group_index, group) in old_tags.iter().enumerate() {
+        self.append_live_records(&old_tags, &old_slots, &old_arena);
+    }
+
+    /// Copies the table like [`Fit::clone_with_spare`], except when the
+    /// table would grow before it holds `entries` entries. Then the copy
+    /// gets the larger groups right away (at least twice as many, as an
+    /// insert that grows the table would), so that it is not rebuilt soon
+    /// after the copy.
+    pub(crate) fn clone_with_room(&self, entries: usize, spare_words: usize) -> Self {
+        if entries <= self.growth_limit {
+            return self.clone_with_spare(spare_words);
+        }
+        let group_count =
+            group_count_for(entries, self.max_load_factor).max(next_prime(self.tags.len() * 2));
+        // The arena is copied as a whole, removed records included, which
+        // reads it in order, and the records keep their positions. Only
+        // the groups are rebuilt.
+        let mut arena = Vec::with_capacity(self.arena.len() + spare_words);
+        arena.extend_from_slice(&self.arena);
+        let mut copy = Self {
+            tags: vec![TagGroup::EMPTY; group_count].into_boxed_slice(),
+            slots: vec![Slot::default(); group_count * GROUP_WIDTH].into_boxed_slice(),
+            overflow: vec![0; group_count].into_boxed_slice(),
+            arena,
+            dead_words: self.dead_words,
+            len: self.len,
+            growth_limit: growth_limit(group_count, self.max_load_factor),
+            max_load_factor: self.max_load_factor,
+            hasher: self.hasher.clone(),
+            counters: Arc::clone(&self.counters),
+            counting: self.counting,
+            values: PhantomData,
+        };
+        for (group_index, group) in self.tags.iter().enumerate() {
+            for i in 0..GROUP_WIDTH {
+                if group.tags[i] != EMPTY {
+                    let slot = self.slots[group_index * GROUP_WIDTH + i];
+                    let key = record_key::<V>(&copy.arena, slot.record, usize::from(slot.key_len));
+                    copy.place(copy.hash(key), slot.key_len, slot.record);
+                }
+            }
+        }
+        copy
+    }
+
+    /// Appends every occupied slot's record from another table's arrays to
+    /// the arena and places it. The caller has sized the groups for them.
+    fn append_live_records(
+        &mut self,
+        tags: &[TagGroup],
+        slots: &[Slot],
+        arena: &[MaybeUninit<u64>],
+    ) {
+        for (group_index, group) in tags.iter().enumerate() {
             for i in 0..GROUP_WIDTH {
                 if group.tags[i] == EMPTY {
                     continue;
                 }
-                let slot = old_slots[group_index * GROUP_WIDTH + i];
+                let slot = slots[group_index * GROUP_WIDTH + i];
                 let key_len = usize::from(slot.key_len);
-                let key = record_key::<V>(&old_arena, slot.record, key_len);
+                let key = record_key::<V>(arena, slot.record, key_len);
                 let start = slot.record as usize;
                 let record = arena_word(self.arena.len());
                 self.arena
-                    .extend_from_slice(&old_arena[start..start + record_words::<V>(key_len)]);
+                    .extend_from_slice(&arena[start..start + record_words::<V>(key_len)]);
                 self.place(self.hash(key), slot.key_len, record);
             }
         }
@@ -1122,6 +1192,37 @@ mod tests {
         for i in 0..1000u32 {
             assert_eq!(table.get(format!("key-{i}").as_bytes()), Some(&i));
         }
+    }
+
+    #[test]
+    fn clone_with_room_grows_once() {
+        let mut table = Fit::with_capacity(100, 0.875);
+        for i in 0..100u32 {
+            table.insert(format!("key-{i}").as_bytes(), i);
+        }
+        table.remove(b"key-7");
+        let fits = table.clone_with_room(table.len() + 5, 0);
+        assert_eq!(fits.slots(), table.slots(), "room for 5 more fits");
+
+        let mut grown = table.clone_with_room(table.len() + 200, 64);
+        assert!(
+            grown.slots() >= 2 * table.slots(),
+            "{} slots",
+            grown.slots()
+        );
+        assert_eq!(grown.len(), 99);
+        assert_eq!(grown.get(b"key-7"), None);
+        for i in (0..100u32).filter(|&i| i != 7) {
+            assert_eq!(grown.get(format!("key-{i}").as_bytes()), Some(&i));
+        }
+        let slots = grown.slots();
+        for i in 100..300u32 {
+            grown.insert(format!("key-{i}").as_bytes(), i);
+        }
+        assert_eq!(grown.slots(), slots, "the room was enough for 200 more");
+        assert_eq!(grown.len(), 299);
+        assert_eq!(table.len(), 99, "the original is unchanged");
+        assert_eq!(table.get(b"key-150"), None);
     }
 
     #[test]

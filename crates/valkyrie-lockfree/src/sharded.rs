@@ -252,8 +252,18 @@ impl<V: Copy> ShardedFit<V> {
             }
             return replaced;
         }
-        let replaced = self.find(key, hash).0.copied();
-        self.delta_mut(index).insert(key, Some(value));
+        // The base is searched below unless the delta has the key, so its
+        // loads start now and overlap the work on the delta.
+        // SAFETY: the head was refreshed after the last change of the base,
+        // which `&mut self` keeps alive and which the delta work below does
+        // not change.
+        unsafe { self.heads[index].base.prefetch_home(hash) };
+        let replaced = match self.delta_mut(index).insert(key, Some(value)) {
+            // The delta's upsert or tombstone hid the base's entry.
+            Some(change) => change,
+            // SAFETY: as for the prefetch.
+            None => unsafe { self.find_in_base(index, key, hash) },
+        };
         self.refresh(index);
         if replaced.is_none() {
             self.len += 1;
@@ -278,7 +288,7 @@ impl<V: Copy> ShardedFit<V> {
         }
         // SAFETY: the head was refreshed after the last change of the base,
         // and `&self` keeps the base alive and unchanged during the call.
-        let in_base = unsafe { self.heads[index].base.find::<V>(key, hash).0.is_some() };
+        let in_base = unsafe { self.find_in_base(index, key, hash).is_some() };
         let delta = self.delta_mut(index);
         if in_base {
             delta.insert(key, None);
@@ -380,9 +390,31 @@ impl<V: Copy> ShardedFit<V> {
         }
     }
 
+    /// Returns the value of `key` in the base of shard `index`, ignoring
+    /// the shard's delta.
+    ///
+    /// # Safety
+    ///
+    /// `heads[index].base` was taken after the last change of the base.
+    #[inline(always)]
+    unsafe fn find_in_base(&self, index: usize, key: &[u8], hash: u64) -> Option<V> {
+        let head = &self.heads[index].base;
+        // SAFETY: as the caller guarantees, and `&self` keeps the base
+        // alive and unchanged during the call.
+        unsafe {
+            let (found, _) = head.find::<V>(key, hash);
+            found.map(|(_, word)| *head.value::<V>(word))
+        }
+    }
+
     /// Returns the base of shard `index` for a direct change if no clone
     /// shares it, after folding the shard's delta into it.
     fn unique_base(&mut self, index: usize) -> Option<&mut Fit<V>> {
+        // A plain load rules out the common shared case before the atomic
+        // read-modify-write of `Arc::get_mut`. The table creates no `Weak`s.
+        if Arc::strong_count(&self.shards[index]) != 1 {
+            return None;
+        }
         Arc::get_mut(&mut self.shards[index])?;
         if self.deltas[index].is_some() {
             self.fold(index);
@@ -406,11 +438,12 @@ impl<V: Copy> ShardedFit<V> {
             Arc::new(delta)
         });
         if Arc::get_mut(delta).is_none() {
-            // Room for a quarter more records before the arena has to grow
-            // and be copied again, because a batch usually adds a small part
-            // of what a delta contains.
+            // Room for a quarter more entries before the copy has to grow
+            // (and be copied again), because a batch usually adds a small
+            // part of what a delta contains.
+            let entries = delta.len() + delta.len() / 4 + 16;
             let words = delta.arena_words();
-            *delta = Arc::new(delta.clone_with_spare(words / 4 + 16));
+            *delta = Arc::new(delta.clone_with_room(entries, words / 4 + 16));
         }
         Arc::get_mut(delta).expect("the delta is unique")
     }
@@ -425,7 +458,10 @@ impl<V: Copy> ShardedFit<V> {
         };
         let shard = &mut self.shards[index];
         if Arc::get_mut(shard).is_none() {
-            *shard = Arc::new(shard.clone_with_spare(delta.arena_words()));
+            // Room for every upsert, so that applying them does not grow
+            // (and copy again) the fresh copy.
+            let entries = shard.len() + delta.len();
+            *shard = Arc::new(shard.clone_with_room(entries, delta.arena_words()));
         }
         self.refresh(index);
         let base = Arc::get_mut(&mut self.shards[index]).expect("the base is unique");
