@@ -233,8 +233,12 @@ async fn idle_publisher_folds_key_deltas() {
         .unwrap();
     assert_eq!(outcome.upserted, 10);
     let batch = pin(&state);
-    assert_eq!(batch.generation, outcome.generation);
-    assert_eq!(batch.key_tables[0].table.delta_len(), 10);
+    assert!(batch.generation >= outcome.generation);
+    // The fold may publish 10 ms after the batch, before this read.
+    let caught_batch = batch.generation == outcome.generation;
+    if caught_batch {
+        assert_eq!(batch.key_tables[0].table.delta_len(), 10);
+    }
 
     // Liveness, not timing: the publisher folds the deltas on its own.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -246,13 +250,15 @@ async fn idle_publisher_folds_key_deltas() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let folded = pin(&state);
-    assert!(folded.generation > batch.generation);
+    assert!(folded.generation > outcome.generation);
     assert!(state.engine.publisher_stats().idle_publishes >= 1);
     assert_eq!(folded.key_tables[0].table.len(), 10_000);
     assert_eq!(target(&folded, "tenant-00003"), Some(1));
     assert_eq!(target(&folded, "tenant-00010"), Some(0));
     // The batch's snapshot still reads its deltas.
-    assert_eq!(batch.key_tables[0].table.delta_len(), 10);
+    if caught_batch {
+        assert_eq!(batch.key_tables[0].table.delta_len(), 10);
+    }
     assert_eq!(target(&batch, "tenant-00003"), Some(1));
 }
 
