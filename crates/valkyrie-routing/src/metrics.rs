@@ -42,6 +42,7 @@ pub const RCU_GRACE_PERIOD: &str = "valkyrie_rcu_grace_period_seconds";
 pub const RCU_GRACE_PERIOD_HISTOGRAM: &str = "valkyrie_rcu_grace_period_histogram_seconds";
 pub const RCU_PENDING_UPDATES: &str = "valkyrie_rcu_pending_updates";
 pub const RCU_SNAPSHOTS: &str = "valkyrie_rcu_snapshots_published";
+pub const KEY_TABLE_DELTA_ENTRIES: &str = "valkyrie_key_table_delta_entries";
 pub const POOL_SIZE: &str = "valkyrie_connection_pool_size";
 pub const POOL_ACTIVE: &str = "valkyrie_connection_pool_active";
 pub const POOL_IDLE: &str = "valkyrie_connection_pool_idle";
@@ -107,6 +108,7 @@ pub struct Metrics {
     rcu_grace_period: Gauge<f64, AtomicU64>,
     rcu_grace_histogram: Histogram,
     rcu_pending: Gauge,
+    key_table_deltas: Gauge,
     rcu_snapshots: Counter,
     pool_size: Family<UpstreamLabel, Gauge>,
     pool_active: Family<UpstreamLabel, Gauge>,
@@ -165,6 +167,7 @@ impl Metrics {
             rcu_grace_period: Gauge::default(),
             rcu_grace_histogram: rcu_grace_histogram.clone(),
             rcu_pending: Gauge::default(),
+            key_table_deltas: Gauge::default(),
             rcu_snapshots: Counter::default(),
             pool_size: Family::default(),
             pool_active: Family::default(),
@@ -243,6 +246,11 @@ impl Metrics {
             RCU_PENDING_UPDATES,
             "Routing updates waiting for the next snapshot",
             metrics.rcu_pending.clone(),
+        );
+        registry.register(
+            KEY_TABLE_DELTA_ENTRIES,
+            "Key-table changes kept in shard deltas, not yet folded into their shards",
+            metrics.key_table_deltas.clone(),
         );
         registry.register(
             RCU_SNAPSHOTS,
@@ -777,11 +785,14 @@ fn refresh_engine(
     );
     let mut entries = index.exact_hosts.len;
     let mut slots = index.exact_hosts.slots;
+    let mut delta_entries = 0;
     for loaded in &snapshot.key_tables {
         let stats = loaded.table.stats();
         entries += stats.entries;
         slots += stats.slots;
+        delta_entries += stats.delta_entries;
     }
+    metrics.key_table_deltas.set(delta_entries as i64);
     metrics.fit_load_factor.set(if slots == 0 {
         0.0
     } else {

@@ -396,6 +396,7 @@ async fn admin_keys_api_changes_tables() {
     assert!(router.metric("valkyrie_fit_load_factor").await > 0.0);
     assert!(router.metric("valkyrie_cra_nodes").await > 0.0);
     assert_eq!(router.metric("valkyrie_rcu_pending_updates").await, 0.0);
+    assert!(router.metric("valkyrie_key_table_delta_entries").await >= 0.0);
 }
 
 #[tokio::test]
