@@ -806,7 +806,7 @@ impl<V: Copy> Fit<V> {
     }
 
     /// Copies the table like [`Fit::clone_with_spare`], except when the
-    /// table would grow before it holds `entries` entries. Then the copy
+    /// table would grow before it contains `entries` entries. Then the copy
     /// gets the larger groups right away (at least twice as many, as an
     /// insert that grows the table would), so that it is not rebuilt soon
     /// after the copy.

@@ -25,9 +25,9 @@
 //! batches of 10,000 on 700,000 entries).
 //!
 //! Next to the `Arc`s of each shard, the table keeps a copy of the fields
-//! a lookup reads (where the tags, slots and records are, and the group
-//! count) of the base and of the delta, in one flat array of 64-byte
-//! entries. So a lookup goes from the hash to that array, which stays in
+//! that a lookup reads of the base and of the delta: where the tags, slots
+//! and records are, and the group count. They sit in one flat array of
+//! 64-byte entries. So a lookup goes from the hash to that array, which stays in
 //! the CPU caches, and then straight to the FIT tags, without loading an
 //! `Arc` or a FIT header. For a shard without a delta, the lookup costs
 //! one more compare on the cache line it reads anyway. For a shard with a

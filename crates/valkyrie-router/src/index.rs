@@ -151,7 +151,7 @@ pub(crate) const NO_TARGET: u32 = u32::MAX;
 /// One path of a listed bucket. A path of at most `INLINE_PATH_LEN` bytes
 /// is in `inline`, so a scan reads no other array; a longer one is at
 /// `start` in `HostIndex::listed_bytes`. When the path has one route and
-/// that route has no method or header condition, `target` holds the
+/// that route has no method or header condition, `target` contains the
 /// route's packed target, so a match needs nothing else.
 #[derive(Clone, Copy, Debug)]
 struct ListedPath {

@@ -57,9 +57,9 @@ pub enum RouteTarget {
 ///
 /// The fields every lookup or request reads are inline. The settings that
 /// most routes leave unset (`strip_prefix`, `timeout`, rate limits, method
-/// and header conditions) sit in one boxed record that only routes setting
-/// one of them allocate, which keeps a route of a large table small; read
-/// them through the methods. Routes of one host share its name.
+/// and header conditions) are in one boxed record that only routes setting
+/// one of them allocate, so a route of a large table stays small. Read them
+/// through the methods. Routes of one host share its name.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub name: Arc<str>,

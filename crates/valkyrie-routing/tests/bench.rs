@@ -75,7 +75,7 @@ fn bench_engine_rejects_tiny_route_sets() {
 }
 
 #[test]
-fn bench_engine_rejects_a_skew_out_of_range() {
+fn bench_engine_rejects_large_skew() {
     let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
         .args(["bench", "engine", "--routes", "1000", "--skew", "9"])
         .output()
