@@ -23,7 +23,7 @@ pub mod sharded;
 mod sync;
 
 pub use cra::{Cra, CraBuilder, MatchKind};
-pub use fit::{Fit, FitCounters, FitStats, FitTally};
+pub use fit::{prefetch, Fit, FitCounters, FitStats, FitTally};
 pub use rcu::{
     Publisher, PublisherConfig, PublisherStats, Rcu, RcuReader, RcuStats, Snapshot, SnapshotGuard,
 };

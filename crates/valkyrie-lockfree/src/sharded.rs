@@ -219,6 +219,38 @@ impl<V: Copy> ShardedFit<V> {
         value
     }
 
+    /// Hashes `key`, asks the CPU to start loading its home group in its
+    /// shard's base (and delta, if the shard has one), and returns the hash
+    /// for [`ShardedFit::get_hashed_tallied`]. See [`Fit::prefetch`].
+    #[inline]
+    pub fn prefetch(&self, key: &[u8]) -> u64 {
+        let hash = hash_key(&self.hasher, key);
+        let index = self.shard_index(hash);
+        debug_assert!(index < self.heads.len());
+        // SAFETY: `mask` is the head count minus 1, so `index` is in bounds,
+        // and `&self` keeps the heads' tables alive and unchanged.
+        unsafe {
+            let head = self.heads.get_unchecked(index);
+            head.base.prefetch_home(hash);
+            if !head.delta.is_none() {
+                head.delta.prefetch_home(hash);
+            }
+        }
+        hash
+    }
+
+    /// Like [`ShardedFit::get_tallied`], with the hash that
+    /// [`ShardedFit::prefetch`] returned for `key` on this table. With any
+    /// other hash the answer is unspecified (a miss, or an entry that a
+    /// delta replaced), though still memory-safe.
+    #[inline]
+    pub fn get_hashed_tallied(&self, key: &[u8], hash: u64, tally: &mut FitTally) -> Option<&V> {
+        let (value, collisions) = self.find(key, hash);
+        tally.operations += 1;
+        tally.collisions += collisions;
+        value
+    }
+
     /// Returns true if `key` is present. Not counted.
     pub fn contains_key(&self, key: &[u8]) -> bool {
         self.get(key).is_some()

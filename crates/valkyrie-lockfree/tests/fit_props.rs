@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use valkyrie_lockfree::Fit;
+use valkyrie_lockfree::{Fit, FitTally};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -46,6 +46,13 @@ fn check_against_model(capacity: usize, load_factor: f64, ops: &[Op]) -> Result<
             }
             Op::Get(key) => {
                 prop_assert_eq!(table.get(key), model.get(key));
+                let hash = table.prefetch(key);
+                let mut tally = FitTally::default();
+                prop_assert_eq!(
+                    table.get_hashed_tallied(key, hash, &mut tally),
+                    model.get(key)
+                );
+                prop_assert_eq!(tally.operations, 1);
             }
         }
         prop_assert_eq!(table.len(), model.len());

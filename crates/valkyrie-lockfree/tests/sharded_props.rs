@@ -121,6 +121,11 @@ fn check_against_model(
             Op::Get(key) => {
                 prop_assert_eq!(table.get(key), model.get(key));
                 prop_assert_eq!(table.get_tallied(key, &mut tally), model.get(key));
+                let hash = table.prefetch(key);
+                prop_assert_eq!(
+                    table.get_hashed_tallied(key, hash, &mut tally),
+                    model.get(key)
+                );
                 prop_assert_eq!(table.contains_key(key), model.contains_key(key));
             }
             Op::Snapshot => snapshots.push((table.clone(), model.clone())),
@@ -170,8 +175,10 @@ fn check_against_model(
         snapshot.fold_all();
         assert_same(snapshot, snapshot_model, &keys)?;
     }
+    // Each get is counted once by `get_tallied` and once by
+    // `get_hashed_tallied`.
     let gets = ops.iter().filter(|op| matches!(op, Op::Get(_))).count();
-    prop_assert_eq!(tally.operations, gets as u64);
+    prop_assert_eq!(tally.operations, 2 * gets as u64);
     Ok(())
 }
 

@@ -178,7 +178,7 @@ impl ListedPath {
 
 /// The routes of one host bucket.
 #[derive(Clone, Copy, Debug, Default)]
-struct Bucket {
+pub(crate) struct Bucket {
     paths: BucketPaths,
     regex: Candidates,
     any: Candidates,
@@ -240,8 +240,48 @@ impl HostIndex {
     /// Finds the best route for a normalized host (`None` when the request
     /// has none).
     pub(crate) fn find(&self, host: Option<&str>, probe: &mut Probe<'_>) -> Option<RouteId> {
+        let exact = host.and_then(|host| self.exact.get_tallied(host.as_bytes(), &mut probe.tally));
+        self.find_from(host, exact, probe)
+    }
+
+    /// Hashes a normalized host for [`HostIndex::exact_bucket`] and starts
+    /// loading its place in the FIT of exact hosts.
+    #[inline]
+    pub(crate) fn prefetch_exact(&self, host: &str) -> u64 {
+        self.exact.prefetch(host.as_bytes())
+    }
+
+    /// Returns the bucket of an exact host, given the hash from
+    /// [`HostIndex::prefetch_exact`], and starts loading the bucket's
+    /// first listed path.
+    #[inline]
+    pub(crate) fn exact_bucket(
+        &self,
+        host: &str,
+        hash: u64,
+        tally: &mut FitTally,
+    ) -> Option<&Bucket> {
+        let bucket = self
+            .exact
+            .get_hashed_tallied(host.as_bytes(), hash, tally)?;
+        if let BucketPaths::Listed { start, .. } = bucket.paths {
+            if let Some(first) = self.listed.get(start as usize) {
+                valkyrie_lockfree::prefetch(first);
+            }
+        }
+        Some(bucket)
+    }
+
+    /// Finishes [`HostIndex::find`] with the exact host's bucket already
+    /// looked up (`None` when the host is not an exact host).
+    pub(crate) fn find_from(
+        &self,
+        host: Option<&str>,
+        exact: Option<&Bucket>,
+        probe: &mut Probe<'_>,
+    ) -> Option<RouteId> {
         if let Some(host) = host {
-            if let Some(bucket) = self.exact.get_tallied(host.as_bytes(), &mut probe.tally) {
+            if let Some(bucket) = exact {
                 if let Some(found) = self.find_in_bucket(bucket, probe) {
                     return Some(found);
                 }

@@ -318,12 +318,35 @@ impl KeyTable {
     /// Resolves a request key (`None` when the request has none) to an
     /// entry, the default, or nothing.
     pub fn resolve(&self, key: Option<&[u8]>, tally: &mut FitTally) -> Resolution {
-        if let Some(target) = key.and_then(|key| self.get_tallied(key, tally)) {
-            return Resolution::Entry(target);
-        }
-        match self.default {
-            Some(target) => Resolution::Default(target),
-            None => Resolution::Missing,
+        self.resolution(key.and_then(|key| self.get_tallied(key, tally)))
+    }
+
+    /// Hashes `key` for [`KeyTable::resolve_hashed`] and starts loading its
+    /// place in the table. Calling this for several requests' keys before
+    /// resolving any of them lets their cache misses overlap, as
+    /// [`crate::RouteTable::route_batch`] does for hosts.
+    #[inline]
+    pub fn prefetch(&self, key: &[u8]) -> u64 {
+        self.entries.prefetch(key)
+    }
+
+    /// Like [`KeyTable::resolve`], for a key given with the hash that
+    /// [`KeyTable::prefetch`] returned for it.
+    #[inline]
+    pub fn resolve_hashed(&self, key: Option<(&[u8], u64)>, tally: &mut FitTally) -> Resolution {
+        self.resolution(
+            key.and_then(|(key, hash)| self.entries.get_hashed_tallied(key, hash, tally))
+                .copied(),
+        )
+    }
+
+    /// The resolution of a key whose lookup found `found`.
+    #[inline]
+    fn resolution(&self, found: Option<KeyTarget>) -> Resolution {
+        match (found, self.default) {
+            (Some(target), _) => Resolution::Entry(target),
+            (None, Some(target)) => Resolution::Default(target),
+            (None, None) => Resolution::Missing,
         }
     }
 

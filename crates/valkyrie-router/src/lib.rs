@@ -32,6 +32,11 @@ pub use shadow::never_matching_routes;
 
 use index::{FitSizing, HostIndex, Probe, RouteId};
 
+/// Requests that [`RouteTable::route_batch`] takes through each step of a
+/// lookup together: enough for their cache misses to overlap, few enough
+/// for their state to stay in the L1 cache.
+pub const ROUTE_BATCH: usize = 16;
+
 /// What the matcher needs to know about a request. The host has its port
 /// already removed or not; the matcher ignores a port either way.
 #[derive(Clone, Copy, Debug)]
@@ -459,6 +464,66 @@ impl RouteTable {
         request: &RequestInfo<'a>,
         tally: &mut FitTally,
     ) -> Routed<'a> {
+        self.route_with(request, tally, |index, probe| match request.host {
+            Some(host) => normalize::with_host_key(host, |host| index.find(Some(host), probe)),
+            None => index.find(None, probe),
+        })
+    }
+
+    /// Routes several requests like [`RouteTable::route_counted`] and
+    /// appends their results to `out`, in order.
+    ///
+    /// The requests are taken [`ROUTE_BATCH`] at a time, and each step of
+    /// the lookup runs for the whole group before the next step starts:
+    /// first every host is hashed and its place in the FIT of exact hosts
+    /// requested from memory, then the exact hosts are looked up, then
+    /// paths are matched. So the cache misses of a group overlap, where
+    /// [`RouteTable::route_counted`] waits for each in turn. On tables
+    /// larger than the CPU caches this routes several times more requests
+    /// per second; the decisions are the same.
+    ///
+    /// Allocates, besides what [`RouteTable::route`] may, for a host with
+    /// uppercase letters.
+    pub fn route_batch<'a>(
+        &'a self,
+        requests: &[RequestInfo<'a>],
+        tally: &mut FitTally,
+        out: &mut Vec<Routed<'a>>,
+    ) {
+        out.reserve(requests.len());
+        for group in requests.chunks(ROUTE_BATCH) {
+            let mut hosts: [Option<Cow<'a, str>>; ROUTE_BATCH] = std::array::from_fn(|_| None);
+            let mut hashes = [0u64; ROUTE_BATCH];
+            for ((request, host), hash) in group.iter().zip(&mut hosts).zip(&mut hashes) {
+                if let Some(name) = request.host {
+                    let key = normalize::normalize_host(name);
+                    *hash = self.index.prefetch_exact(&key);
+                    *host = Some(key);
+                }
+            }
+            let mut buckets = [None; ROUTE_BATCH];
+            for ((host, hash), bucket) in hosts.iter().zip(&hashes).zip(&mut buckets) {
+                if let Some(host) = host {
+                    *bucket = self.index.exact_bucket(host, *hash, tally);
+                }
+            }
+            for ((request, host), bucket) in group.iter().zip(&hosts).zip(buckets) {
+                out.push(self.route_with(request, tally, |index, probe| {
+                    index.find_from(host.as_deref(), bucket, probe)
+                }));
+            }
+        }
+    }
+
+    /// Normalizes the path, runs `find` on the index and turns the route
+    /// it returns into a [`Routed`].
+    #[inline(always)]
+    fn route_with<'a>(
+        &'a self,
+        request: &RequestInfo<'a>,
+        tally: &mut FitTally,
+        find: impl FnOnce(&HostIndex, &mut Probe<'_>) -> Option<RouteId>,
+    ) -> Routed<'a> {
         let path = normalize_path(request.path);
         let mut probe = Probe {
             routes: &self.routes,
@@ -470,13 +535,7 @@ impl RouteTable {
             consulted_headers: false,
             target: index::NO_TARGET,
         };
-
-        let found = match request.host {
-            Some(host) => {
-                normalize::with_host_key(host, |host| self.index.find(Some(host), &mut probe))
-            }
-            None => self.index.find(None, &mut probe),
-        };
+        let found = find(&self.index, &mut probe);
         tally.operations += probe.tally.operations;
         tally.collisions += probe.tally.collisions;
         let consulted_headers = probe.consulted_headers;

@@ -216,7 +216,7 @@ pub(crate) fn normalize_config_path(path: &str, is_prefix: bool) -> Result<Strin
 /// literal. Allocates only when the host contains uppercase letters.
 pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = strip_trailing_dot(strip_port(host));
-    if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+    if has_uppercase(host) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
@@ -231,7 +231,7 @@ const HOST_BUFFER_LEN: usize = 256;
 /// stack buffer so that the lookup does not allocate.
 pub(crate) fn with_host_key<R>(host: &str, f: impl FnOnce(&str) -> R) -> R {
     let host = strip_trailing_dot(strip_port(host));
-    if !host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+    if !has_uppercase(host) {
         return f(host);
     }
     if host.len() > HOST_BUFFER_LEN {
@@ -245,6 +245,36 @@ pub(crate) fn with_host_key<R>(host: &str, f: impl FnOnce(&str) -> R) -> R {
     // Lowercasing ASCII bytes keeps the UTF-8 of the input valid.
     let lowered = std::str::from_utf8(lowered).expect("ASCII lowercasing keeps UTF-8 valid");
     f(lowered)
+}
+
+/// Returns true if `host` contains an ASCII uppercase letter. Tests eight
+/// bytes at a time: a request host is usually 10 to 40 bytes, and a byte
+/// loop with an early exit was a sixth of a batched lookup.
+fn has_uppercase(host: &str) -> bool {
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Added to the low 7 bits of a byte, these set its high bit exactly
+    // when the byte is at least `A` (0x41), respectively above `Z` (0x5a),
+    // and never carry into the next byte.
+    const FROM_A: u64 = u64::from_ne_bytes([0x80 - b'A'; 8]);
+    const PAST_Z: u64 = u64::from_ne_bytes([0x80 - b'Z' - 1; 8]);
+    let upper = |word: u64| {
+        let low = word & LOW7;
+        // Bytes of 0x80 and above are not ASCII, so `!word` drops them.
+        (low + FROM_A) & !(low + PAST_Z) & !word & HIGH
+    };
+    let mut chunks = host.as_bytes().chunks_exact(8);
+    let mut found = 0;
+    for chunk in &mut chunks {
+        found |= upper(u64::from_ne_bytes(
+            chunk.try_into().expect("chunks of 8 bytes"),
+        ));
+    }
+    // The last bytes, padded with zeros, which are not letters.
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    found |= upper(u64::from_ne_bytes(tail));
+    found != 0
 }
 
 /// Removes a `:port` suffix. An IPv6 literal keeps its brackets
@@ -278,6 +308,14 @@ mod tests {
         #[test]
         fn fast_normalized_check_agrees(path in "[/a.%4eE1]{0,12}") {
             prop_assert_eq!(is_normalized(&path), scan_is_normalized(path.as_bytes()));
+        }
+
+        #[test]
+        fn uppercase_check_agrees(host in "[@AMZ\\[`amz{.\u{e9}\u{c3}\u{da}]{0,40}") {
+            prop_assert_eq!(
+                has_uppercase(&host),
+                host.bytes().any(|byte| byte.is_ascii_uppercase())
+            );
         }
 
         #[test]

@@ -11,6 +11,7 @@ use http::{HeaderMap, Method};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use valkyrie_config::{HeaderMatchConfig, RouteConfig};
+use valkyrie_lockfree::FitTally;
 use valkyrie_router::{
     normalize_path, HeaderValueMatch, HostPattern, PathPattern, Route, RouteTable,
 };
@@ -284,6 +285,36 @@ fn picked(table: &RouteTable, request: &Request) -> Option<usize> {
     })
 }
 
+/// Routes `requests` with `route_batch` and checks each result against
+/// `route_counted` on the same request: route, target, normalized path and
+/// whether headers were consulted.
+fn check_batch(table: &RouteTable, requests: &[Request]) -> Result<(), TestCaseError> {
+    let infos: Vec<_> = requests.iter().map(Request::info).collect();
+    let mut batch_tally = FitTally::default();
+    let mut routed = Vec::new();
+    table.route_batch(&infos, &mut batch_tally, &mut routed);
+    prop_assert_eq!(routed.len(), requests.len());
+    let mut single_tally = FitTally::default();
+    for (info, batched) in infos.iter().zip(&routed) {
+        let single = table.route_counted(info, &mut single_tally);
+        let summary = |routed: &valkyrie_router::Routed<'_>| {
+            (
+                routed.matched.as_ref().map(|matched| {
+                    (
+                        matched.route.index,
+                        matched.target.clone(),
+                        matched.path.to_string(),
+                    )
+                }),
+                routed.consulted_headers,
+            )
+        };
+        prop_assert_eq!(summary(batched), summary(&single), "request {:?}", info);
+    }
+    prop_assert_eq!(batch_tally, single_tally);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Plain paths and their encoded or dotted variants.
 
@@ -344,7 +375,7 @@ proptest! {
     #[test]
     fn table_agrees_with_reference(
         routes in prop::collection::vec(route_config(), 0..12),
-        requests in prop::collection::vec(request(), 1..16),
+        requests in prop::collection::vec(request(), 1..40),
     ) {
         let table = table_of(routes);
         for request in &requests {
@@ -354,6 +385,7 @@ proptest! {
                 "request {:?}", request
             );
         }
+        check_batch(&table, &requests)?;
     }
 
     #[test]
@@ -424,7 +456,7 @@ proptest! {
     #[test]
     fn crowded_table_agrees_with_reference(
         routes in prop::collection::vec(crowded_route_config(), 24..48),
-        requests in prop::collection::vec(request(), 1..16),
+        requests in prop::collection::vec(request(), 1..40),
     ) {
         let table = table_of(routes);
         for request in &requests {
@@ -434,5 +466,6 @@ proptest! {
                 "request {:?}", request
             );
         }
+        check_batch(&table, &requests)?;
     }
 }

@@ -9,7 +9,10 @@
 //!
 //! Throughput runs without timing single lookups. Latency is measured in a
 //! second pass that reads the clock before and after each lookup and
-//! subtracts the median cost of an empty reading.
+//! subtracts the median cost of an empty reading. A third pass routes the
+//! same requests in groups through `RouteTable::route_batch`, resolving
+//! the keys of a group after prefetching them all, and reports its
+//! throughput as `batched_lookups_per_sec`.
 
 use std::hint::black_box;
 use std::io::Write as _;
@@ -30,7 +33,7 @@ use valkyrie_lockfree::{FitCounters, FitTally, Publisher, PublisherConfig, Rcu};
 use valkyrie_proxy::keys::LoadedTable;
 use valkyrie_router::cache::RouteCache;
 use valkyrie_router::keys::{KeyTable, KeyTarget, Resolution, UpstreamNames};
-use valkyrie_router::{RequestInfo, RouteTable, RouteTarget};
+use valkyrie_router::{RequestInfo, RouteTable, RouteTarget, Routed, ROUTE_BATCH};
 
 use crate::cli::EngineBenchArgs;
 
@@ -166,6 +169,8 @@ struct Report {
     skew: f64,
     engine: Figures,
     lookups_per_sec_per_thread: f64,
+    /// Lookups per second of all threads through `route_batch`.
+    batched_lookups_per_sec: f64,
     bytes_per_config_route: f64,
     bytes_per_key_entry: f64,
     build_ms: f64,
@@ -202,6 +207,14 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
         engine_lookup(&routes, &tables, None, &requests.get(span), &headers, tally)
     };
     let mut engine = time_lookups(&requests.spans, args.threads, duration, uncached);
+    let batched_lookups_per_sec = time_batches(
+        &requests.spans,
+        args.threads,
+        duration,
+        |group, tally, scratch| {
+            engine_batch(&routes, &tables, &requests, group, &headers, tally, scratch)
+        },
+    );
 
     // The same lookups through the route decision cache, filled by a first
     // pass, at the size the sample configs set.
@@ -253,6 +266,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
         skew: args.skew,
         engine,
         lookups_per_sec_per_thread,
+        batched_lookups_per_sec,
         bytes_per_config_route,
         bytes_per_key_entry: table_bytes as f64 / plan.key_entries as f64,
         build_ms,
@@ -297,6 +311,80 @@ fn engine_lookup(
                 Resolution::Missing => usize::MAX,
             }
         }
+    }
+}
+
+/// Buffers a thread reuses from one group of requests to the next.
+#[derive(Default)]
+struct BatchScratch<'a> {
+    infos: Vec<RequestInfo<'a>>,
+    routed: Vec<Routed<'a>>,
+}
+
+/// Routes a group of requests with `route_batch`, then resolves the keys
+/// of its key-table routes: all of them hashed and prefetched first, then
+/// looked up. Returns a sum of the upstream indexes, which the caller
+/// keeps from being optimized away.
+fn engine_batch<'a>(
+    routes: &'a RouteTable,
+    tables: &[LoadedTable],
+    requests: &'a Requests,
+    group: &[Span],
+    headers: &'a HeaderMap,
+    tally: &mut FitTally,
+    scratch: &mut BatchScratch<'a>,
+) -> usize {
+    let BatchScratch { infos, routed } = scratch;
+    infos.clear();
+    infos.extend(group.iter().map(|span| {
+        let request = requests.get(span);
+        RequestInfo {
+            host: Some(request.host),
+            path: request.path,
+            query: None,
+            method: &Method::GET,
+            headers,
+        }
+    }));
+    routed.clear();
+    routes.route_batch(infos, tally, routed);
+    let mut sum = 0usize;
+    let mut keys = [(0usize, &[][..], 0u64); ROUTE_BATCH];
+    let mut pending = 0;
+    for found in routed.iter() {
+        let Some(matched) = &found.matched else {
+            sum = sum.wrapping_add(usize::MAX);
+            continue;
+        };
+        match matched.target {
+            RouteTarget::Upstream(index) => sum = sum.wrapping_add(index),
+            RouteTarget::KeyTable(index) => {
+                let table = &tables[index].table;
+                match table.spec().extract(&matched.path, None, headers) {
+                    // The generated keys are path segments, which borrow.
+                    Some(std::borrow::Cow::Borrowed(key)) if pending < ROUTE_BATCH => {
+                        keys[pending] = (index, key, table.prefetch(key));
+                        pending += 1;
+                    }
+                    key => {
+                        let resolution = table.resolve(key.as_deref(), tally);
+                        sum = sum.wrapping_add(resolved_upstream(resolution));
+                    }
+                }
+            }
+        }
+    }
+    for &(index, key, hash) in &keys[..pending] {
+        let resolution = tables[index].table.resolve_hashed(Some((key, hash)), tally);
+        sum = sum.wrapping_add(resolved_upstream(resolution));
+    }
+    sum
+}
+
+fn resolved_upstream(resolution: Resolution) -> usize {
+    match resolution {
+        Resolution::Entry(target) | Resolution::Default(target) => target.upstream(),
+        Resolution::Missing => usize::MAX,
     }
 }
 
@@ -594,6 +682,49 @@ where
     }
 }
 
+/// Runs `run` on groups of `ROUTE_BATCH` requests, round robin, on
+/// `threads` threads for `duration`, and returns the requests per second of
+/// all threads together.
+fn time_batches<'a, F>(requests: &[Span], threads: usize, duration: Duration, run: F) -> f64
+where
+    F: Fn(&[Span], &mut FitTally, &mut BatchScratch<'a>) -> usize + Sync,
+{
+    let run = &run;
+    let groups = (requests.len() / ROUTE_BATCH).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                scope.spawn(move || {
+                    let mut tally = FitTally::default();
+                    let mut scratch = BatchScratch::default();
+                    let mut group = thread * groups / threads;
+                    let mut done = 0usize;
+                    let started = Instant::now();
+                    loop {
+                        for _ in 0..CHECK_EVERY / ROUTE_BATCH {
+                            let start = group * ROUTE_BATCH;
+                            let end = (start + ROUTE_BATCH).min(requests.len());
+                            black_box(run(&requests[start..end], &mut tally, &mut scratch));
+                            done += end - start;
+                            group += 1;
+                            if group == groups {
+                                group = 0;
+                            }
+                        }
+                        if started.elapsed() >= duration {
+                            return done as f64 / started.elapsed().as_secs_f64();
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap())
+            .sum()
+    })
+}
+
 /// Returns the median nanoseconds between two clock readings with nothing
 /// in between.
 fn clock_overhead_ns() -> u64 {
@@ -889,6 +1020,11 @@ fn print_report(report: &Report, json: bool) {
     );
     let _ = writeln!(
         out,
+        "batched lookups      {:>12.0} /s (route_batch, {} requests per group)",
+        report.batched_lookups_per_sec, ROUTE_BATCH
+    );
+    let _ = writeln!(
+        out,
         "latency              p50 {} ns, p99 {} ns, p99.9 {} ns (per-lookup clock readings, clock cost subtracted)",
         engine.p50_ns, engine.p99_ns, engine.p999_ns
     );
@@ -927,6 +1063,8 @@ fn print_report(report: &Report, json: bool) {
         object["threads"] = report.threads.into();
         object["skew"] = report.skew.into();
         object["lookups_per_sec_per_thread"] = report.lookups_per_sec_per_thread.round().into();
+        object["batched_lookups_per_sec"] = report.batched_lookups_per_sec.round().into();
+        object["route_batch"] = ROUTE_BATCH.into();
         object["bytes_per_config_route"] =
             ((report.bytes_per_config_route * 10.0).round() / 10.0).into();
         object["bytes_per_key_entry"] = ((report.bytes_per_key_entry * 10.0).round() / 10.0).into();
