@@ -175,10 +175,43 @@ impl FitHead {
     pub(crate) unsafe fn prefetch_home(&self, hash: u64) {
         let group_index = home_group(hash, self.group_count);
         // SAFETY: `home_group` returns a group below `group_count`, whose
-        // slots start at `group_index * GROUP_WIDTH`.
+        // `GROUP_WIDTH` slots start at `group_index * GROUP_WIDTH`. They
+        // span one or two cache lines.
         unsafe {
             prefetch(&*self.tags.add(group_index));
             prefetch(&*self.slots.add(group_index * GROUP_WIDTH));
+            prefetch(&*self.slots.add(group_index * GROUP_WIDTH + GROUP_WIDTH - 1));
+        }
+    }
+
+    /// Asks the CPU to start loading the record of the first slot in the
+    /// home group of `hash` whose tag matches and whose key is `key_len`
+    /// bytes long: the record a later [`FitHead::find`] most likely
+    /// compares. Reads the tag group and slots, so it pays off once
+    /// [`FitHead::prefetch_home`] has brought them in.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`].
+    #[inline(always)]
+    pub(crate) unsafe fn prefetch_record<V>(&self, key_len: usize, hash: u64) {
+        let group_index = home_group(hash, self.group_count);
+        // SAFETY: `home_group` returns a group below `group_count`, whose
+        // slots start at `group_index * GROUP_WIDTH`, and an occupied slot
+        // names a record of `size_of::<V>() + key_len` bytes in the arena.
+        unsafe {
+            let slots = self.slots.add(group_index * GROUP_WIDTH);
+            let mut matches = (*self.tags.add(group_index)).match_slots(tag_of(hash));
+            while matches != 0 {
+                let slot = *slots.add(matches.trailing_zeros() as usize);
+                matches &= matches - 1;
+                if usize::from(slot.key_len) == key_len {
+                    let record = self.arena.add(slot.record as usize).cast::<u8>();
+                    prefetch(&*record);
+                    prefetch(&*record.add(size_of::<V>() + key_len).sub(1));
+                    return;
+                }
+            }
         }
     }
 
@@ -602,6 +635,18 @@ impl<V: Copy> Fit<V> {
         // keeps the table unchanged.
         unsafe { self.head().prefetch_home(hash) };
         hash
+    }
+
+    /// Asks the CPU to start loading the record that a lookup of `key`
+    /// with this hash (from [`Fit::prefetch`]) will compare. A caller with
+    /// a group of keys calls [`Fit::prefetch`] for all of them, then this,
+    /// then [`Fit::get_hashed_tallied`], so that each of the two dependent
+    /// loads of a lookup overlaps across the group.
+    #[inline]
+    pub fn prefetch_record(&self, key: &[u8], hash: u64) {
+        // SAFETY: the head is taken from `self` and used while `&self`
+        // keeps the table unchanged.
+        unsafe { self.head().prefetch_record::<V>(key.len(), hash) };
     }
 
     /// Like [`Fit::get_tallied`], with the hash that [`Fit::prefetch`]

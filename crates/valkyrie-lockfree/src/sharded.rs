@@ -239,6 +239,23 @@ impl<V: Copy> ShardedFit<V> {
         hash
     }
 
+    /// Asks the CPU to start loading the record that a lookup of `key`
+    /// with this hash will compare, in the shard's base and delta. See
+    /// [`Fit::prefetch_record`].
+    #[inline]
+    pub fn prefetch_record(&self, key: &[u8], hash: u64) {
+        let index = self.shard_index(hash);
+        debug_assert!(index < self.heads.len());
+        // SAFETY: as in `prefetch`.
+        unsafe {
+            let head = self.heads.get_unchecked(index);
+            head.base.prefetch_record::<V>(key.len(), hash);
+            if !head.delta.is_none() {
+                head.delta.prefetch_record::<Option<V>>(key.len(), hash);
+            }
+        }
+    }
+
     /// Like [`ShardedFit::get_tallied`], with the hash that
     /// [`ShardedFit::prefetch`] returned for `key` on this table. With any
     /// other hash the answer is unspecified (a miss, or an entry that a

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 use valkyrie_lockfree::{Cra, CraBuilder, Fit, FitCounters, FitStats, FitTally, MatchKind};
 
+use crate::bytes;
 use crate::conditions::{HostPattern, PathPattern, Specificity};
 use crate::Route;
 
@@ -251,9 +252,17 @@ impl HostIndex {
         self.exact.prefetch(host.as_bytes())
     }
 
+    /// Starts loading the record that [`HostIndex::exact_bucket`] will read
+    /// for this host, once [`HostIndex::prefetch_exact`] has brought in its
+    /// place in the FIT.
+    #[inline]
+    pub(crate) fn prefetch_exact_record(&self, host: &str, hash: u64) {
+        self.exact.prefetch_record(host.as_bytes(), hash);
+    }
+
     /// Returns the bucket of an exact host, given the hash from
     /// [`HostIndex::prefetch_exact`], and starts loading the bucket's
-    /// first listed path.
+    /// listed paths.
     #[inline]
     pub(crate) fn exact_bucket(
         &self,
@@ -264,9 +273,15 @@ impl HostIndex {
         let bucket = self
             .exact
             .get_hashed_tallied(host.as_bytes(), hash, tally)?;
-        if let BucketPaths::Listed { start, .. } = bucket.paths {
-            if let Some(first) = self.listed.get(start as usize) {
-                valkyrie_lockfree::prefetch(first);
+        if let BucketPaths::Listed { start, len } = bucket.paths {
+            // Two 32-byte entries per cache line; the run may start in the
+            // middle of one, so its last entry is requested as well.
+            let run = self.listed.get(start as usize..(start + len) as usize);
+            for entry in run.into_iter().flatten().step_by(2) {
+                valkyrie_lockfree::prefetch(entry);
+            }
+            if let Some(last) = run.and_then(<[ListedPath]>::last) {
+                valkyrie_lockfree::prefetch(last);
             }
         }
         Some(bucket)
@@ -301,12 +316,19 @@ impl HostIndex {
             return None;
         }
         // A dot at position 0 would leave no label in front of the suffix.
-        for dot in memchr::memchr_iter(b'.', host.as_bytes()).filter(|&dot| dot > 0) {
+        let mut from = 1;
+        while let Some(found) = host
+            .as_bytes()
+            .get(from..)
+            .and_then(|rest| bytes::find_byte(b'.', rest))
+        {
+            let dot = from + found;
             if let Some(&bucket) = self.wildcard.get(&host[dot + 1..]) {
                 if let Some(found) = self.find_in_bucket(&self.buckets[bucket as usize], probe) {
                     return Some(found);
                 }
             }
+            from = dot + 1;
         }
         None
     }
@@ -333,11 +355,11 @@ impl HostIndex {
         let path = probe.path.as_bytes();
         let listed = &self.listed[start as usize..(start + len) as usize];
         for entry in listed {
-            let bytes = entry.path(&self.listed_bytes);
+            let listed_path = entry.path(&self.listed_bytes);
             let matches = if entry.prefix {
-                path.starts_with(bytes)
+                bytes::starts_with(path, listed_path)
             } else {
-                path == bytes
+                bytes::equal(path, listed_path)
             };
             if matches {
                 if entry.target != NO_TARGET {

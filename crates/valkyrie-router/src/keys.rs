@@ -97,10 +97,10 @@ fn path_segment(path: &str, index: usize) -> Option<&[u8]> {
     let bytes = path.as_bytes();
     let mut rest = bytes.strip_prefix(b"/").unwrap_or(bytes);
     for _ in 0..index {
-        let slash = memchr::memchr(b'/', rest)?;
+        let slash = crate::bytes::find_byte(b'/', rest)?;
         rest = &rest[slash + 1..];
     }
-    let end = memchr::memchr(b'/', rest).unwrap_or(rest.len());
+    let end = crate::bytes::find_byte(b'/', rest).unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -328,6 +328,15 @@ impl KeyTable {
     #[inline]
     pub fn prefetch(&self, key: &[u8]) -> u64 {
         self.entries.prefetch(key)
+    }
+
+    /// Starts loading the entry a lookup of `key` will compare, once
+    /// [`KeyTable::prefetch`] has brought in its place in the table. For a
+    /// group of keys: [`KeyTable::prefetch`] for each, then this for each,
+    /// then [`KeyTable::resolve_hashed`].
+    #[inline]
+    pub fn prefetch_entry(&self, key: &[u8], hash: u64) {
+        self.entries.prefetch_record(key, hash);
     }
 
     /// Like [`KeyTable::resolve`], for a key given with the hash that

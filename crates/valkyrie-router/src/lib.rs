@@ -14,6 +14,7 @@ use std::sync::Arc;
 use valkyrie_config::{Config, Duration, Rate};
 use valkyrie_lockfree::{FitCounters, FitTally};
 
+mod bytes;
 pub mod cache;
 mod compile;
 mod conditions;
@@ -35,7 +36,7 @@ use index::{FitSizing, HostIndex, Probe, RouteId};
 /// Requests that [`RouteTable::route_batch`] takes through each step of a
 /// lookup together: enough for their cache misses to overlap, few enough
 /// for their state to stay in the L1 cache.
-pub const ROUTE_BATCH: usize = 16;
+pub const ROUTE_BATCH: usize = 32;
 
 /// What the matcher needs to know about a request. The host has its port
 /// already removed or not; the matcher ignores a port either way.
@@ -476,8 +477,9 @@ impl RouteTable {
     /// The requests are taken [`ROUTE_BATCH`] at a time, and each step of
     /// the lookup runs for the whole group before the next step starts:
     /// first every host is hashed and its place in the FIT of exact hosts
-    /// requested from memory, then the exact hosts are looked up, then
-    /// paths are matched. So the cache misses of a group overlap, where
+    /// requested from memory, then the record each host will be compared
+    /// with, then the exact hosts are looked up (which requests their
+    /// first listed path), then paths are matched. So the cache misses of a group overlap, where
     /// [`RouteTable::route_counted`] waits for each in turn. On tables
     /// larger than the CPU caches this routes several times more requests
     /// per second; the decisions are the same.
@@ -499,6 +501,11 @@ impl RouteTable {
                     let key = normalize::normalize_host(name);
                     *hash = self.index.prefetch_exact(&key);
                     *host = Some(key);
+                }
+            }
+            for (host, hash) in hosts.iter().zip(&hashes) {
+                if let Some(host) = host {
+                    self.index.prefetch_exact_record(host, *hash);
                 }
             }
             let mut buckets = [None; ROUTE_BATCH];

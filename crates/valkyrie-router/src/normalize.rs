@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::bytes::{contains_either, find_byte};
+
 /// Normalizes a request path for matching.
 ///
 /// The steps, in order:
@@ -47,7 +49,7 @@ fn is_normalized(path: &str) -> bool {
     let bytes = path.as_bytes();
     // Only an escape or a dot segment changes a path, and both need one of
     // these bytes, which most paths lack.
-    if memchr::memchr2(b'%', b'.', bytes).is_none() {
+    if !contains_either(b'%', b'.', bytes) {
         return true;
     }
     scan_is_normalized(bytes)
@@ -263,17 +265,19 @@ fn has_uppercase(host: &str) -> bool {
         // Bytes of 0x80 and above are not ASCII, so `!word` drops them.
         (low + FROM_A) & !(low + PAST_Z) & !word & HIGH
     };
-    let mut chunks = host.as_bytes().chunks_exact(8);
+    let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
+    let bytes = host.as_bytes();
+    if bytes.len() < 8 {
+        return bytes.iter().any(u8::is_ascii_uppercase);
+    }
+    let mut chunks = bytes.chunks_exact(8);
     let mut found = 0;
     for chunk in &mut chunks {
-        found |= upper(u64::from_ne_bytes(
-            chunk.try_into().expect("chunks of 8 bytes"),
-        ));
+        found |= upper(word(chunk));
     }
-    // The last bytes, padded with zeros, which are not letters.
-    let mut tail = [0u8; 8];
-    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    found |= upper(u64::from_ne_bytes(tail));
+    // The last 8 bytes cover the remainder. Copying the remainder into a
+    // zeroed word instead made the CPU wait for the copy to reach memory.
+    found |= upper(word(&bytes[bytes.len() - 8..]));
     found != 0
 }
 
@@ -288,8 +292,8 @@ fn strip_port(host: &str) -> &str {
         };
     }
     let bytes = host.as_bytes();
-    match memchr::memchr(b':', bytes) {
-        Some(colon) if memchr::memchr(b':', &bytes[colon + 1..]).is_none() => &host[..colon],
+    match find_byte(b':', bytes) {
+        Some(colon) if find_byte(b':', &bytes[colon + 1..]).is_none() => &host[..colon],
         _ => host,
     }
 }

@@ -323,7 +323,7 @@ struct BatchScratch<'a> {
 
 /// Routes a group of requests with `route_batch`, then resolves the keys
 /// of its key-table routes: all of them hashed and prefetched first, then
-/// looked up. Returns a sum of the upstream indexes, which the caller
+/// their entries prefetched, then looked up. Returns a sum of the upstream indexes, which the caller
 /// keeps from being optimized away.
 fn engine_batch<'a>(
     routes: &'a RouteTable,
@@ -373,6 +373,9 @@ fn engine_batch<'a>(
                 }
             }
         }
+    }
+    for &(index, key, hash) in &keys[..pending] {
+        tables[index].table.prefetch_entry(key, hash);
     }
     for &(index, key, hash) in &keys[..pending] {
         let resolution = tables[index].table.resolve_hashed(Some((key, hash)), tally);
