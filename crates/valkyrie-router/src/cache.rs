@@ -25,7 +25,7 @@ use hashbrown::HashTable;
 use http::{HeaderMap, Method};
 use valkyrie_lockfree::FitTally;
 
-use crate::{RequestInfo, RouteMatch, RouteTable};
+use crate::{RequestInfo, RouteMatch, RouteTable, ROUTE_BATCH};
 
 /// Shards of a cache; a power of two.
 const SHARDS: usize = 64;
@@ -222,7 +222,9 @@ impl RouteCache {
     }
 
     /// Routes each key with no headers and caches the decisions that do not
-    /// depend on headers. Returns how many were stored.
+    /// depend on headers. Returns how many were stored. The keys are
+    /// routed in groups through [`RouteTable::route_batch`], so a warmup of
+    /// many keys on a large table overlaps their cache misses.
     pub fn warm<'k>(
         &self,
         table: &RouteTable,
@@ -231,23 +233,33 @@ impl RouteCache {
     ) -> usize {
         let headers = HeaderMap::new();
         let mut stored = 0;
-        for key in keys {
-            let request = RequestInfo {
+        let mut group: Vec<CacheKey<'k>> = Vec::with_capacity(ROUTE_BATCH);
+        let mut requests = Vec::with_capacity(ROUTE_BATCH);
+        let mut routed = Vec::with_capacity(ROUTE_BATCH);
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
+            group.clear();
+            group.extend(keys.by_ref().take(ROUTE_BATCH));
+            requests.clear();
+            requests.extend(group.iter().map(|key| RequestInfo {
                 host: key.host,
                 path: key.path,
                 query: None,
                 method: key.method,
                 headers: &headers,
-            };
+            }));
+            routed.clear();
             let mut tally = FitTally::default();
-            let routed = table.route_counted(&request, &mut tally);
-            if routed.consulted_headers {
-                continue;
+            table.route_batch(&requests, &mut tally, &mut routed);
+            for (key, routed) in group.iter().zip(&routed) {
+                if routed.consulted_headers {
+                    continue;
+                }
+                let hash = self.hash(*key);
+                let entry = self.entry(hash, *key, table, routed.matched.as_ref(), now);
+                lock(self.shard(hash)).store(entry, self.shard_capacity);
+                stored += 1;
             }
-            let hash = self.hash(key);
-            let entry = self.entry(hash, key, table, routed.matched.as_ref(), now);
-            lock(self.shard(hash)).store(entry, self.shard_capacity);
-            stored += 1;
         }
         stored
     }

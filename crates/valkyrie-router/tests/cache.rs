@@ -203,6 +203,34 @@ fn request() -> impl Strategy<Value = Request> {
 
 proptest! {
     #[test]
+    fn warmed_decisions_agree_with_table(requests in prop::collection::vec(request(), 1..100)) {
+        // Up to three groups of `route_batch`, warmed without headers.
+        let table = RouteTable::build(&config(ROUTES)).unwrap();
+        let cache = RouteCache::new(1000, Duration::from_secs(60));
+        let now = Instant::now();
+        let plain: Vec<Request> = requests
+            .iter()
+            .map(|request| Request::new(request.host.as_deref(), &request.path).method(request.method.as_str()))
+            .collect();
+        let keys: Vec<CacheKey<'_>> = plain.iter().map(|request| CacheKey::of(&request.info())).collect();
+        let stored = cache.warm(&table, keys.iter().copied(), now);
+        // Only the `api` host's `/v1/` paths consult the canary header.
+        let header_free = plain
+            .iter()
+            .filter(|request| {
+                let mut tally = FitTally::default();
+                !table.route_counted(&request.info(), &mut tally).consulted_headers
+            })
+            .count();
+        prop_assert_eq!(stored, header_free);
+        let hits_before = cache.stats().hits;
+        for request in &plain {
+            prop_assert_eq!(cached(&cache, &table, request, now), direct(&table, request), "{:?}", request);
+        }
+        prop_assert!(cache.stats().hits - hits_before >= header_free.min(1) as u64);
+    }
+
+    #[test]
     fn cache_agrees_with_table(requests in prop::collection::vec(request(), 1..64)) {
         let table = RouteTable::build(&config(ROUTES)).unwrap();
         // A tiny cache also exercises eviction.
