@@ -1,7 +1,8 @@
 //! `ShardedFit` as a key table in RCU snapshots. Measures the cost of a
 //! batch of 10,000 changes applied to a clone of the current table, and
 //! lookups in three tables: one without deltas, one with the deltas that
-//! such batches leave, and the same after folding them. Tables have 7,000,
+//! such batches leave, and the same after folding them, next to a
+//! hashbrown `HashTable` of the same keys. Tables have 7,000,
 //! 70,000 and 700,000 entries in shards of about 4,096 entries, as
 //! `valkyrie-router` sizes its key tables, and run on one thread.
 //!
@@ -133,8 +134,35 @@ fn bench_lookups(c: &mut Criterion<ThreadCpuTime>) {
                 b.iter(|| black_box(table.get_tallied(queries.next_key(), &mut tally)));
             });
         }
+
+        // hashbrown on the same keys, the baseline of `bench engine`: boxed
+        // keys, its default hasher, the key bytes fed in one `write`.
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let mut baseline: hashbrown::HashTable<(Box<[u8]>, u64)> =
+            hashbrown::HashTable::with_capacity(size);
+        for index in 0..size {
+            let key = tenant(index).into_bytes().into_boxed_slice();
+            baseline.insert_unique(hash_bytes(&hasher, &key), (key, index as u64), |entry| {
+                hash_bytes(&hasher, &entry.0)
+            });
+        }
+        group.bench_function(BenchmarkId::new("hashbrown/hit", size), |b| {
+            let mut queries = Queries::new(&hits);
+            b.iter(|| {
+                let key = queries.next_key();
+                black_box(baseline.find(hash_bytes(&hasher, key), |entry| *entry.0 == *key))
+            });
+        });
     }
     group.finish();
+}
+
+#[inline(always)]
+fn hash_bytes(hasher: &hashbrown::DefaultHashBuilder, key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut state = hasher.build_hasher();
+    state.write(key);
+    state.finish()
 }
 
 criterion_group! {

@@ -29,11 +29,13 @@
 //! and records are, and the group count. They sit in one flat array of
 //! 64-byte entries. So a lookup goes from the hash to that array, which stays in
 //! the CPU caches, and then straight to the FIT tags, without loading an
-//! `Arc` or a FIT header. For a shard without a delta, the lookup costs
-//! one more compare on the cache line it reads anyway. For a shard with a
-//! delta, it also reads the key's home tag group in the delta, and
-//! searches the delta before the base only when that group has the key's
-//! tag or an overflow mark for it.
+//! `Arc` or a FIT header. A table of one shard takes a branch past the
+//! shard index, so that the CPU loads the head without waiting for the
+//! hash, which matters when the whole table is in the caches. For a
+//! shard without a delta, the lookup costs one more compare on the cache
+//! line it reads anyway. For a shard with a delta, it also reads the
+//! key's home tag group in the delta, and searches the delta before the
+//! base only when that group has the key's tag or an overflow mark for it.
 
 use std::sync::Arc;
 
@@ -420,22 +422,17 @@ impl<V: Copy> ShardedFit<V> {
     /// counted on the way.
     #[inline(always)]
     fn find(&self, key: &[u8], hash: u64) -> (Option<&V>, u64) {
-        let index = self.shard_index(hash);
-        debug_assert!(index < self.heads.len());
-        // SAFETY: `mask` is the head count minus 1, so `index` is in bounds.
-        // The heads were taken from `shards[index]` and `deltas[index]`
-        // after their last change, and `&self` keeps both alive and
-        // unchanged while the returned reference lives.
+        // SAFETY (both calls): `mask` is the head count minus 1, so the
+        // index is in bounds. The heads were taken from `shards[index]` and
+        // `deltas[index]` after their last change, and `&self` keeps both
+        // alive and unchanged while the returned reference lives.
         unsafe {
-            let head = self.heads.get_unchecked(index);
-            if !head.delta.is_none() && head.delta.may_contain(hash) {
-                return find_with_delta(head, key, hash);
+            if self.mask == 0 {
+                return find_in_shard(self.heads.get_unchecked(0), key, hash);
             }
-            let (found, collisions) = head.base.find::<V>(key, hash);
-            (
-                found.map(|(_, word)| head.base.value::<V>(word)),
-                collisions,
-            )
+            let index = self.shard_index(hash);
+            debug_assert!(index < self.heads.len());
+            find_in_shard(self.heads.get_unchecked(index), key, hash)
         }
     }
 
@@ -568,6 +565,28 @@ impl<V: Copy> ShardedFit<V> {
                 .as_ref()
                 .map_or(FitHead::NONE, |delta| delta.head()),
         };
+    }
+}
+
+/// Looks up `key` in one shard, its delta first when the delta may hold
+/// it. Returns the value and the collisions counted on the way.
+///
+/// # Safety
+///
+/// The heads in `head` were taken after the last change of their tables,
+/// which stay alive and unchanged while the returned reference lives.
+#[inline(always)]
+unsafe fn find_in_shard<'a, V>(head: &ShardHead, key: &[u8], hash: u64) -> (Option<&'a V>, u64) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        if !head.delta.is_none() && head.delta.may_contain(hash) {
+            return find_with_delta(head, key, hash);
+        }
+        let (found, collisions) = head.base.find::<V>(key, hash);
+        (
+            found.map(|(_, word)| head.base.value::<V>(word)),
+            collisions,
+        )
     }
 }
 
