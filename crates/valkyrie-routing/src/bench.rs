@@ -147,17 +147,25 @@ struct Figures {
     p99_ns: u64,
     p999_ns: u64,
     bytes_per_route: f64,
+    /// FIT collisions (probes past the home group and tag matches with
+    /// another key) per FIT lookup in the throughput pass, or `None` when
+    /// the lookups made no FIT lookup (the crate baselines).
+    fit_collisions_per_lookup: Option<f64>,
 }
 
 impl Figures {
     fn json(&self) -> Value {
-        json!({
+        let mut object = json!({
             "lookups_per_sec": self.lookups_per_sec.round(),
             "p50_ns": self.p50_ns,
             "p99_ns": self.p99_ns,
             "p999_ns": self.p999_ns,
             "bytes_per_route": (self.bytes_per_route * 10.0).round() / 10.0,
-        })
+        });
+        if let Some(rate) = self.fit_collisions_per_lookup {
+            object["fit_collisions_per_lookup"] = ((rate * 10_000.0).round() / 10_000.0).into();
+        }
+        object
     }
 }
 
@@ -616,7 +624,7 @@ where
     F: Fn(&R, &mut FitTally) -> usize + Sync,
 {
     let lookup = &lookup;
-    let counts: Vec<(usize, Duration)> = std::thread::scope(|scope| {
+    let counts: Vec<(usize, Duration, FitTally)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|thread| {
                 scope.spawn(move || {
@@ -634,7 +642,7 @@ where
                         }
                         done += CHECK_EVERY;
                         if started.elapsed() >= duration {
-                            return (done, started.elapsed());
+                            return (done, started.elapsed(), tally);
                         }
                     }
                 })
@@ -647,8 +655,12 @@ where
     });
     let lookups_per_sec = counts
         .iter()
-        .map(|(done, elapsed)| *done as f64 / elapsed.as_secs_f64())
+        .map(|(done, elapsed, _)| *done as f64 / elapsed.as_secs_f64())
         .sum();
+    let fit_operations: u64 = counts.iter().map(|(_, _, tally)| tally.operations).sum();
+    let fit_collisions: u64 = counts.iter().map(|(_, _, tally)| tally.collisions).sum();
+    let fit_collisions_per_lookup =
+        (fit_operations > 0).then(|| fit_collisions as f64 / fit_operations as f64);
 
     let overhead = clock_overhead_ns();
     let mut samples: Vec<u64> = std::thread::scope(|scope| {
@@ -682,6 +694,7 @@ where
         p99_ns: percentile(&samples, 0.99),
         p999_ns: percentile(&samples, 0.999),
         bytes_per_route: 0.0,
+        fit_collisions_per_lookup,
     }
 }
 
@@ -1046,12 +1059,22 @@ fn print_report(report: &Report, json: bool) {
         "route cache          hit rate {:.3} in the cached pass (valkyrie_cached below)",
         report.cache_hit_rate
     );
-    for (name, figures) in &report.baselines {
+    if let Some(rate) = engine.fit_collisions_per_lookup {
         let _ = writeln!(
+            out,
+            "FIT collisions       {rate:>12.4} per FIT lookup (host FIT and key tables)"
+        );
+    }
+    for (name, figures) in &report.baselines {
+        let _ = write!(
             out,
             "{name:<20} {:>12.0} /s, p50 {} ns, p99 {} ns, {:.1} bytes per route",
             figures.lookups_per_sec, figures.p50_ns, figures.p99_ns, figures.bytes_per_route
         );
+        if let Some(rate) = figures.fit_collisions_per_lookup {
+            let _ = write!(out, ", {rate:.4} FIT collisions per FIT lookup");
+        }
+        let _ = writeln!(out);
     }
     if json {
         let baselines: serde_json::Map<String, Value> = report

@@ -62,6 +62,24 @@ fn bench_engine_prints_json() {
             );
         }
     }
+
+    // The FIT collision rate comes with the lookups that use a FIT, and
+    // only with them.
+    for figures in [
+        &report,
+        &report["baselines"]["valkyrie_paths"],
+        &report["baselines"]["valkyrie_keys"],
+    ] {
+        let rate = figures["fit_collisions_per_lookup"].as_f64();
+        assert!(rate.is_some_and(|rate| rate >= 0.0), "{report}");
+    }
+    for name in ["matchit", "hashbrown"] {
+        let baseline = &report["baselines"][name];
+        assert!(
+            baseline.get("fit_collisions_per_lookup").is_none(),
+            "{report}"
+        );
+    }
 }
 
 #[test]
