@@ -114,7 +114,7 @@ fn bench_lookups(c: &mut Criterion<ThreadCpuTime>) {
         let mut folded = (*changed).clone();
         folded.fold_all();
         eprintln!(
-            "size={size}: {} delta entries in {} of {} shards",
+            "size={size}, with_deltas table: {} delta entries in {} of {} shards",
             changed.delta_len(),
             changed.delta_count(),
             changed.shards().len()

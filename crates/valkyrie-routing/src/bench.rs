@@ -55,18 +55,38 @@ const CACHE_SIZE: usize = 100_000;
 /// Changes submitted at once to measure how soon a batch is visible.
 const VISIBILITY_BATCH: usize = 10_000;
 
+/// Returns an error naming the first option whose value the bench cannot
+/// run with, and what to use instead.
+fn check_args(args: &EngineBenchArgs) -> Result<(), String> {
+    if args.routes < 100 {
+        return Err(format!(
+            "--routes {} is too small: use at least 100",
+            args.routes
+        ));
+    }
+    if args.threads == 0 {
+        return Err("--threads 0 is invalid: use at least 1".to_string());
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        return Err(format!(
+            "--seconds {} is invalid: use a duration above 0, such as 2",
+            args.seconds
+        ));
+    }
+    if !(0.0..=4.0).contains(&args.skew) {
+        return Err(format!(
+            "--skew {} is out of range: use 0 (uniform) up to 4",
+            args.skew
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints its report; with `--json` the last line is
 /// one JSON object.
 pub fn run(args: &EngineBenchArgs) -> ExitCode {
-    if args.routes < 100 || args.threads == 0 {
-        eprintln!("bench engine: --routes must be at least 100 and --threads at least 1");
-        return ExitCode::FAILURE;
-    }
-    if !(0.0..=4.0).contains(&args.skew) {
-        eprintln!(
-            "bench engine: --skew {} is out of range: use 0 (uniform) up to 4",
-            args.skew
-        );
+    if let Err(message) = check_args(args) {
+        eprintln!("bench engine: {message}");
         return ExitCode::FAILURE;
     }
     match measure(args) {
@@ -1066,10 +1086,19 @@ fn print_report(report: &Report, json: bool) {
         );
     }
     for (name, figures) in &report.baselines {
+        // The key baselines' bytes are per key, the others' per route.
+        let unit = match *name {
+            "hashbrown" | "valkyrie_keys" => "key",
+            _ => "route",
+        };
         let _ = write!(
             out,
-            "{name:<20} {:>12.0} /s, p50 {} ns, p99 {} ns, {:.1} bytes per route",
-            figures.lookups_per_sec, figures.p50_ns, figures.p99_ns, figures.bytes_per_route
+            "{name:<20} {:>12.0} /s, p50 {} ns, p99 {} ns, p99.9 {} ns, {:.1} bytes per {unit}",
+            figures.lookups_per_sec,
+            figures.p50_ns,
+            figures.p99_ns,
+            figures.p999_ns,
+            figures.bytes_per_route
         );
         if let Some(rate) = figures.fit_collisions_per_lookup {
             let _ = write!(out, ", {rate:.4} FIT collisions per FIT lookup");

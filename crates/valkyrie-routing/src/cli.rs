@@ -86,27 +86,31 @@ pub struct BenchArgs {
 pub enum BenchTarget {
     /// Measure the routing engine (FIT, CRA, key tables, RCU publisher) on
     /// a generated route set, and matchit and hashbrown on the same lookups.
+    /// The route set comes from the options below, and `--config` is not read.
     Engine(EngineBenchArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct EngineBenchArgs {
-    /// Routes to generate: 70% key-table entries, the rest config routes.
+    /// Routes to generate, at least 100: 70% key-table entries, the rest
+    /// config routes. Hosts get five routes each, so the count reported
+    /// can be a few routes higher.
     #[arg(long, default_value_t = 100_000)]
     pub routes: usize,
-    /// Threads that look up routes at the same time.
+    /// Threads that look up routes at the same time, at least 1.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Print one JSON object with every figure as the last line.
     #[arg(long)]
     pub json: bool,
-    /// Seconds each throughput measurement runs; latency runs half as long.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds each throughput measurement runs, above 0. Runs shorter than
+    /// 0.01 take 0.01, and latency runs half as long.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub seconds: f64,
-    /// Zipf exponent of the hosts, zones and keys that requests pick: 0
-    /// picks them uniformly, 1 makes the item of rank k about k times
-    /// rarer than the most requested one.
-    #[arg(long, default_value_t = 0.0)]
+    /// Zipf exponent, from 0 to 4, of the hosts, zones and keys that
+    /// requests pick: 0 picks them uniformly, 1 makes the item of rank k
+    /// about k times rarer than the most requested one.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub skew: f64,
 }
 

@@ -89,7 +89,31 @@ fn bench_engine_rejects_tiny_route_sets() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--routes must be at least 100"));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("--routes 10 is too small: use at least 100"));
+}
+
+#[test]
+fn bench_engine_rejects_invalid_values() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--threads", "0"],
+            "--threads 0 is invalid: use at least 1",
+        ),
+        (&["--seconds", "0"], "--seconds 0 is invalid"),
+        (&["--seconds", "-1"], "--seconds -1 is invalid"),
+        (&["--skew", "-1"], "--skew -1 is out of range"),
+    ];
+    for (args, expected) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
+            .args(["bench", "engine", "--routes", "1000"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
