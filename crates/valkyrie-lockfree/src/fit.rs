@@ -5,8 +5,12 @@
 //! fingerprints from the hash, or 0 for an empty slot) and its overflow
 //! filter (see below) fill one 16-byte tag group, four to a cache line, in
 //! an array of their own. Each slot also has 8 bytes in a second array: its
-//! key length and the position of its record. A record contains the value
-//! followed by the key bytes, in one arena of 8-byte words. A lookup
+//! key length, the position of its record and the length of the record's
+//! tail. A record contains the value followed by the key bytes, in one
+//! arena of 8-byte words. A record inserted with
+//! [`Fit::insert_with_tail`] continues with caller bytes from the next word
+//! boundary, which a lookup returns with the value, so that data every hit
+//! needs arrives with the record. A lookup
 //! compares the seven tags at once with SSE2 while the CPU prefetches the
 //! group's slots, and reads a record only for a tag match with the right
 //! key length. The record yields both the key to compare and the value. So
@@ -91,6 +95,9 @@ struct Slot {
     /// Arena word where the record starts.
     record: u32,
     key_len: u16,
+    /// Bytes of the record's tail (see [`Fit::insert_with_tail`]), 0 for
+    /// most records.
+    tail_len: u16,
 }
 
 /// The fields a lookup reads, copied out of a [`Fit`]: where its tag
@@ -209,6 +216,16 @@ impl FitHead {
                     let record = self.arena.add(slot.record as usize).cast::<u8>();
                     prefetch(&*record);
                     prefetch(&*record.add(size_of::<V>() + key_len).sub(1));
+                    // The tail starts at the word after the key and may
+                    // span several lines.
+                    let tail_start = record_words::<V>(key_len) * WORD;
+                    let tail_end = tail_start + usize::from(slot.tail_len);
+                    for offset in (tail_start..tail_end).step_by(64) {
+                        prefetch(&*record.add(offset));
+                    }
+                    if tail_end > tail_start {
+                        prefetch(&*record.add(tail_end - 1));
+                    }
                     return;
                 }
             }
@@ -302,6 +319,27 @@ impl FitHead {
         let start = word as usize * WORD + size_of::<V>();
         // SAFETY: `append_record` wrote the key's `key_len` bytes there.
         unsafe { std::slice::from_raw_parts(self.arena.cast::<u8>().add(start), key_len) }
+    }
+
+    /// Returns the tail of the record at `word`, which occupies `slot`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FitHead::find`], and `slot` is an occupied slot whose
+    /// record starts at `word`. The returned slice must not outlive the
+    /// table.
+    #[inline(always)]
+    pub(crate) unsafe fn tail<'a, V>(&self, slot: usize, word: u32) -> &'a [u8] {
+        // SAFETY: `append_record` wrote `tail_len` bytes from the word
+        // after the value and the key.
+        unsafe {
+            let slot = *self.slots.add(slot);
+            let start = word as usize + record_words::<V>(usize::from(slot.key_len));
+            std::slice::from_raw_parts(
+                self.arena.add(start).cast::<u8>(),
+                usize::from(slot.tail_len),
+            )
+        }
     }
 
     /// Returns the value of the record at `word`.
@@ -660,6 +698,36 @@ impl<V: Copy> Fit<V> {
         record.map(|(_, word)| self.value(word))
     }
 
+    /// Looks up `key` like [`Fit::get_tallied`] and returns its value with
+    /// the tail stored by [`Fit::insert_with_tail`] (empty for a record
+    /// inserted without one). The tail starts on an 8-byte boundary.
+    #[inline]
+    pub fn get_with_tail_tallied(&self, key: &[u8], tally: &mut FitTally) -> Option<(&V, &[u8])> {
+        self.get_hashed_with_tail_tallied(key, self.hash(key), tally)
+    }
+
+    /// Like [`Fit::get_with_tail_tallied`], with the hash that
+    /// [`Fit::prefetch`] returned for `key` on this table.
+    #[inline]
+    pub fn get_hashed_with_tail_tallied(
+        &self,
+        key: &[u8],
+        hash: u64,
+        tally: &mut FitTally,
+    ) -> Option<(&V, &[u8])> {
+        let (record, collisions) = self.find(key, hash);
+        tally.operations += 1;
+        tally.collisions += collisions;
+        let (slot, word) = record?;
+        // SAFETY: `find` returned an occupied slot of this table, whose
+        // record and tail `append_record` wrote, and `&self` keeps the
+        // arena unchanged while the returned references live.
+        unsafe {
+            let head = self.head();
+            Some((head.value::<V>(word), head.tail::<V>(slot, word)))
+        }
+    }
+
     /// Returns true if `key` is present. Not counted.
     pub fn contains_key(&self, key: &[u8]) -> bool {
         self.find(key, self.hash(key)).0.is_some()
@@ -703,10 +771,64 @@ impl<V: Copy> Fit<V> {
         if self.len >= self.growth_limit {
             self.grow();
         }
-        let word = append_record(&mut self.arena, key, value);
-        self.place(hash, key.len() as u16, word);
+        let record = append_record(&mut self.arena, key, value, &[]);
+        let slot = Slot {
+            record,
+            key_len: key.len() as u16,
+            tail_len: 0,
+        };
+        self.place(hash, slot);
         self.len += 1;
         None
+    }
+
+    /// Inserts `value` under `key` like [`Fit::insert`], and stores `tail`
+    /// in the record right after the key, starting on an 8-byte boundary.
+    /// A lookup through [`Fit::get_with_tail_tallied`] returns the tail
+    /// with the value, so data that every hit reads arrives with the
+    /// record instead of after a further cache miss. A key that is
+    /// present is removed first, so the returned value is the one it
+    /// replaced. A later [`Fit::insert`] of the key replaces the value and
+    /// keeps the tail.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the tail is longer than 65,535 bytes, or for the reasons
+    /// of [`Fit::insert`].
+    pub fn insert_with_tail(&mut self, key: &[u8], value: V, tail: &[u8]) -> Option<V> {
+        assert!(
+            key.len() <= MAX_KEY_LEN,
+            "FIT key of {} bytes is longer than the maximum of {MAX_KEY_LEN}",
+            key.len()
+        );
+        let tail_len = u16::try_from(tail.len()).unwrap_or_else(|_| {
+            panic!(
+                "FIT record tail of {} bytes is longer than the maximum of {}",
+                tail.len(),
+                u16::MAX
+            )
+        });
+
+        let hash = self.hash(key);
+        let (found, collisions) = self.find(key, hash);
+        self.counters.record(collisions);
+        let replaced = match found {
+            Some(_) => self.remove_counted(key, false),
+            None => None,
+        };
+
+        if self.len >= self.growth_limit {
+            self.grow();
+        }
+        let record = append_record(&mut self.arena, key, value, tail);
+        let slot = Slot {
+            record,
+            key_len: key.len() as u16,
+            tail_len,
+        };
+        self.place(hash, slot);
+        self.len += 1;
+        replaced
     }
 
     /// Removes `key`, returning its value. The record stays in the arena as
@@ -727,6 +849,7 @@ impl<V: Copy> Fit<V> {
         }
         let (slot, word) = found?;
         let value = *self.value(word);
+        let tail_len = usize::from(self.slots[slot].tail_len);
         let group_count = self.tags.len();
         let mut group_index = home_group(hash, group_count);
         let step = probe_step(hash, group_count);
@@ -735,7 +858,7 @@ impl<V: Copy> Fit<V> {
             group_index = next_group(group_index, step, group_count);
         }
         self.tags[group_index].tags[slot % GROUP_WIDTH] = EMPTY;
-        self.dead_words += record_words::<V>(key.len());
+        self.dead_words += record_words::<V>(key.len()) + tail_len.div_ceil(WORD);
         self.len -= 1;
         if self.dead_words * WORD > 4096 && self.dead_words > self.arena.len() / 2 {
             self.rebuild(self.tags.len());
@@ -816,7 +939,7 @@ impl<V: Copy> Fit<V> {
     /// Writes the tag, key length and record of a new key into the first
     /// free slot on its probe sequence and counts the overflow in every full
     /// group it passes. The caller has made sure a free slot exists.
-    fn place(&mut self, hash: u64, key_len: u16, record: u32) {
+    fn place(&mut self, hash: u64, slot: Slot) {
         let group_count = self.tags.len();
         let mut group_index = home_group(hash, group_count);
         let step = probe_step(hash, group_count);
@@ -826,7 +949,7 @@ impl<V: Copy> Fit<V> {
             if free != 0 {
                 let i = free.trailing_zeros() as usize;
                 group.tags[i] = tag_of(hash);
-                self.slots[group_index * GROUP_WIDTH + i] = Slot { record, key_len };
+                self.slots[group_index * GROUP_WIDTH + i] = slot;
                 return;
             }
             group.add_overflow(hash);
@@ -909,7 +1032,7 @@ impl<V: Copy> Fit<V> {
                 if group.tags[i] != EMPTY {
                     let slot = self.slots[group_index * GROUP_WIDTH + i];
                     let key = record_key::<V>(&copy.arena, slot.record, usize::from(slot.key_len));
-                    copy.place(copy.hash(key), slot.key_len, slot.record);
+                    copy.place(copy.hash(key), slot);
                 }
             }
         }
@@ -934,9 +1057,9 @@ impl<V: Copy> Fit<V> {
                 let key = record_key::<V>(arena, slot.record, key_len);
                 let start = slot.record as usize;
                 let record = arena_word(self.arena.len());
-                self.arena
-                    .extend_from_slice(&arena[start..start + record_words::<V>(key_len)]);
-                self.place(self.hash(key), slot.key_len, record);
+                let words = record_words::<V>(key_len) + usize::from(slot.tail_len).div_ceil(WORD);
+                self.arena.extend_from_slice(&arena[start..start + words]);
+                self.place(self.hash(key), Slot { record, ..slot });
             }
         }
     }
@@ -953,14 +1076,25 @@ fn arena_word(len: usize) -> u32 {
     u32::try_from(len).expect("FIT record arena is limited to 32 GiB")
 }
 
-/// Appends a record of `value` and `key` and returns its first word.
-fn append_record<V: Copy>(arena: &mut Vec<MaybeUninit<u64>>, key: &[u8], value: V) -> u32 {
+/// Appends a record of `value`, `key` and `tail` (from the next word
+/// boundary after the key) and returns its first word.
+fn append_record<V: Copy>(
+    arena: &mut Vec<MaybeUninit<u64>>,
+    key: &[u8],
+    value: V,
+    tail: &[u8],
+) -> u32 {
     let word = arena_word(arena.len());
     let start = arena.len();
-    arena.resize(start + record_words::<V>(key.len()), MaybeUninit::new(0));
+    let key_words = record_words::<V>(key.len());
+    arena.resize(
+        start + key_words + tail.len().div_ceil(WORD),
+        MaybeUninit::new(0),
+    );
     // SAFETY: the resize made room for `size_of::<V>() + key.len()` bytes
     // from word `start`, which is aligned for `V` (checked in
-    // `with_capacity`). The value and the key do not overlap.
+    // `with_capacity`), and for the tail's bytes from word
+    // `start + key_words`. The value, the key and the tail do not overlap.
     unsafe {
         let record = arena.as_mut_ptr().add(start);
         record.cast::<V>().write(value);
@@ -968,6 +1102,11 @@ fn append_record<V: Copy>(arena: &mut Vec<MaybeUninit<u64>>, key: &[u8], value: 
             key.as_ptr(),
             record.cast::<u8>().add(size_of::<V>()),
             key.len(),
+        );
+        std::ptr::copy_nonoverlapping(
+            tail.as_ptr(),
+            record.add(key_words).cast::<u8>(),
+            tail.len(),
         );
     }
     word
@@ -1069,7 +1208,9 @@ impl<'a, V: Copy> Iterator for Iter<'a, V> {
             let slot = self.slot;
             self.slot += 1;
             if table.tags[slot / GROUP_WIDTH].tags[slot % GROUP_WIDTH] != EMPTY {
-                let Slot { record, key_len } = table.slots[slot];
+                let Slot {
+                    record, key_len, ..
+                } = table.slots[slot];
                 let key = record_key::<V>(&table.arena, record, usize::from(key_len));
                 return Some((key, table.value(record)));
             }

@@ -1,5 +1,5 @@
 //! Property tests: `Fit` behaves like `std::collections::HashMap` under
-//! random inserts, removes and lookups.
+//! random inserts (with and without a record tail), removes and lookups.
 
 use std::collections::HashMap;
 
@@ -9,6 +9,7 @@ use valkyrie_lockfree::{Fit, FitTally};
 #[derive(Clone, Debug)]
 enum Op {
     Insert(Vec<u8>, u32),
+    InsertWithTail(Vec<u8>, u32, Vec<u8>),
     Remove(Vec<u8>),
     Get(Vec<u8>),
 }
@@ -28,6 +29,8 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (key(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        1 => (key(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(k, v, tail)| Op::InsertWithTail(k, v, tail)),
         2 => key().prop_map(Op::Remove),
         3 => key().prop_map(Op::Get),
     ]
@@ -35,34 +38,67 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn check_against_model(capacity: usize, load_factor: f64, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut table = Fit::with_capacity(capacity, load_factor);
-    let mut model: HashMap<Vec<u8>, u32> = HashMap::new();
+    // Key to value and record tail. An insert without a tail keeps the
+    // tail of a key that has one.
+    let mut model: HashMap<Vec<u8>, (u32, Vec<u8>)> = HashMap::new();
     for op in ops {
         match op {
             Op::Insert(key, value) => {
-                prop_assert_eq!(table.insert(key, *value), model.insert(key.clone(), *value));
+                let tail = model
+                    .get(key)
+                    .map(|(_, tail)| tail.clone())
+                    .unwrap_or_default();
+                let replaced = model.insert(key.clone(), (*value, tail));
+                prop_assert_eq!(table.insert(key, *value), replaced.map(|(value, _)| value));
+            }
+            Op::InsertWithTail(key, value, tail) => {
+                let replaced = model.insert(key.clone(), (*value, tail.clone()));
+                prop_assert_eq!(
+                    table.insert_with_tail(key, *value, tail),
+                    replaced.map(|(value, _)| value)
+                );
             }
             Op::Remove(key) => {
-                prop_assert_eq!(table.remove(key), model.remove(key));
+                prop_assert_eq!(table.remove(key), model.remove(key).map(|(value, _)| value));
             }
             Op::Get(key) => {
-                prop_assert_eq!(table.get(key), model.get(key));
+                let expected = model.get(key);
+                prop_assert_eq!(table.get(key), expected.map(|(value, _)| value));
                 let hash = table.prefetch(key);
+                table.prefetch_record(key, hash);
                 let mut tally = FitTally::default();
                 prop_assert_eq!(
                     table.get_hashed_tallied(key, hash, &mut tally),
-                    model.get(key)
+                    expected.map(|(value, _)| value)
                 );
                 prop_assert_eq!(tally.operations, 1);
+                let found = table.get_with_tail_tallied(key, &mut tally);
+                prop_assert_eq!(
+                    found,
+                    expected.map(|(value, tail)| (value, tail.as_slice()))
+                );
+                if let Some((_, tail)) = found {
+                    prop_assert_eq!(tail.as_ptr() as usize % 8, 0, "tail not word-aligned");
+                }
             }
         }
         prop_assert_eq!(table.len(), model.len());
         prop_assert!(table.load_factor() <= load_factor);
     }
-    for (key, value) in &model {
+    let mut tally = FitTally::default();
+    for (key, (value, tail)) in &model {
         prop_assert_eq!(table.get(key), Some(value));
+        let hash = table.prefetch(key);
+        prop_assert_eq!(
+            table.get_hashed_with_tail_tallied(key, hash, &mut tally),
+            Some((value, tail.as_slice()))
+        );
     }
     let mut seen: Vec<(Vec<u8>, u32)> = table.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
-    let mut expected: Vec<(Vec<u8>, u32)> = model.into_iter().collect();
+    let mut expected: Vec<(Vec<u8>, u32)> = model
+        .into_iter()
+        .map(|(key, (value, _))| (key, value))
+        .collect();
     seen.sort();
     expected.sort();
     prop_assert_eq!(seen, expected);
@@ -113,6 +149,10 @@ proptest! {
                     original.insert(key, *value);
                     model.insert(key.clone(), *value);
                 }
+                Op::InsertWithTail(key, value, tail) => {
+                    original.insert_with_tail(key, *value, tail);
+                    model.insert(key.clone(), *value);
+                }
                 Op::Remove(key) => {
                     original.remove(key);
                     model.remove(key);
@@ -126,6 +166,12 @@ proptest! {
             match op {
                 Op::Insert(key, value) => {
                     prop_assert_eq!(copy.insert(key, *value), copy_model.insert(key.clone(), *value));
+                }
+                Op::InsertWithTail(key, value, tail) => {
+                    prop_assert_eq!(
+                        copy.insert_with_tail(key, *value, tail),
+                        copy_model.insert(key.clone(), *value)
+                    );
                 }
                 Op::Remove(key) => {
                     prop_assert_eq!(copy.remove(key), copy_model.remove(key));

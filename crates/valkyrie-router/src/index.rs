@@ -12,7 +12,9 @@
 //! list, exact paths first and then prefixes from the longest to the
 //! shortest, which a lookup scans in order: one or two cache lines, where a
 //! tree descent costs a cache miss per level once the table outgrows the
-//! CPU caches. The paths of larger buckets live in one CRA (radix arena)
+//! CPU caches. An exact host's list sits in the tail of its FIT record, so
+//! the load that brings the host's record brings its paths too, instead
+//! of a further cache miss on a separate array. The paths of larger buckets live in one CRA (radix arena)
 //! whose keys are the bucket id (4 bytes, big-endian) followed by the path.
 //! One descent returns the exact entry, then the prefix entries from the
 //! longest to the shortest, which is the same match order. Each entry points
@@ -60,6 +62,7 @@ pub(crate) fn precedence_key(route: &Route) -> (Reverse<Specificity>, usize) {
 /// A run of route ids in `HostIndex::candidates`, in precedence order. A
 /// run of one route stores the route id in `start` instead.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 struct Candidates {
     start: u32,
     len: u32,
@@ -138,6 +141,9 @@ enum BucketPaths {
     None,
     /// Entries `start..start + len` of `HostIndex::listed`.
     Listed { start: u32, len: u32 },
+    /// In the tail of the exact host's FIT record, which a lookup of the
+    /// host returns with the bucket.
+    InRecord,
     /// Keys of the CRA that start with this bucket id.
     Tree(BucketId),
 }
@@ -154,7 +160,11 @@ pub(crate) const NO_TARGET: u32 = u32::MAX;
 /// `start` in `HostIndex::listed_bytes`. When the path has one route and
 /// that route has no method or header condition, `target` contains the
 /// route's packed target, so a match needs nothing else.
+///
+/// `repr(C)` fixes a layout without padding, so that a run of entries can
+/// be stored as the bytes of a FIT record tail and read back in place.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 struct ListedPath {
     candidates: Candidates,
     start: u32,
@@ -177,12 +187,58 @@ impl ListedPath {
     }
 }
 
+/// Returns the bytes of a run of listed paths, to store as a FIT record
+/// tail.
+fn listed_bytes_of(listed: &[ListedPath]) -> &[u8] {
+    // SAFETY: `ListedPath` is `repr(C)` with no padding (its fields add up
+    // to its 32 bytes, which a test checks), so every byte of the run is
+    // initialized.
+    unsafe { std::slice::from_raw_parts(listed.as_ptr().cast::<u8>(), size_of_val(listed)) }
+}
+
+/// Returns the listed paths stored as a FIT record tail by
+/// [`listed_bytes_of`].
+///
+/// # Safety
+///
+/// `tail` is a record tail that `IndexBuilder::finish` wrote from a run
+/// of `ListedPath`s, so it starts on an 8-byte boundary and contains
+/// whole, valid entries.
+unsafe fn listed_from_tail(tail: &[u8]) -> &[ListedPath] {
+    debug_assert_eq!(tail.as_ptr() as usize % align_of::<ListedPath>(), 0);
+    debug_assert_eq!(tail.len() % size_of::<ListedPath>(), 0);
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        std::slice::from_raw_parts(
+            tail.as_ptr().cast::<ListedPath>(),
+            tail.len() / size_of::<ListedPath>(),
+        )
+    }
+}
+
 /// The routes of one host bucket.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Bucket {
     paths: BucketPaths,
     regex: Candidates,
     any: Candidates,
+}
+
+/// An exact host's bucket as the FIT returns it, with the listed paths
+/// from its record tail (empty unless the paths are `InRecord`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExactHost<'a> {
+    bucket: &'a Bucket,
+    listed: &'a [ListedPath],
+}
+
+impl<'a> ExactHost<'a> {
+    fn new((bucket, tail): (&'a Bucket, &'a [u8])) -> Self {
+        // SAFETY: the exact-host FIT stores only tails written by
+        // `IndexBuilder::finish` from runs of listed paths.
+        let listed = unsafe { listed_from_tail(tail) };
+        ExactHost { bucket, listed }
+    }
 }
 
 /// Routes bucketed by host pattern, with their paths in one CRA.
@@ -194,6 +250,8 @@ pub(crate) struct HostIndex {
     any: Option<BucketId>,
     buckets: Box<[Bucket]>,
     listed: Box<[ListedPath]>,
+    /// Listed paths kept in exact hosts' FIT record tails.
+    listed_in_records: usize,
     listed_bytes: Box<[u8]>,
     paths: Cra<Candidates>,
     candidates: Box<[RouteId]>,
@@ -221,19 +279,21 @@ impl HostIndex {
         for route in order {
             builder.push(route);
         }
-        let mut index = builder.finish(sizing, counters);
         let mut unconditional = vec![0u64; routes.len().div_ceil(64)];
         for (id, route) in routes.iter().enumerate() {
             if route.methods().is_empty() && route.headers().is_empty() {
                 unconditional[id / 64] |= 1 << (id % 64);
             }
         }
-        for entry in index.listed.iter_mut() {
-            let id = entry.candidates.start as usize;
-            if entry.candidates.len == 1 && unconditional[id / 64] & (1 << (id % 64)) != 0 {
-                entry.target = crate::pack_target(&routes[id].target).unwrap_or(NO_TARGET);
+        let direct_target = |candidates: &Candidates| {
+            let id = candidates.start as usize;
+            if candidates.len == 1 && unconditional[id / 64] & (1 << (id % 64)) != 0 {
+                crate::pack_target(&routes[id].target).unwrap_or(NO_TARGET)
+            } else {
+                NO_TARGET
             }
-        }
+        };
+        let mut index = builder.finish(sizing, counters, direct_target);
         index.unconditional = unconditional.into_boxed_slice();
         index
     }
@@ -241,7 +301,11 @@ impl HostIndex {
     /// Finds the best route for a normalized host (`None` when the request
     /// has none).
     pub(crate) fn find(&self, host: Option<&str>, probe: &mut Probe<'_>) -> Option<RouteId> {
-        let exact = host.and_then(|host| self.exact.get_tallied(host.as_bytes(), &mut probe.tally));
+        let exact = host.and_then(|host| {
+            self.exact
+                .get_with_tail_tallied(host.as_bytes(), &mut probe.tally)
+                .map(ExactHost::new)
+        });
         self.find_from(host, exact, probe)
     }
 
@@ -253,8 +317,8 @@ impl HostIndex {
     }
 
     /// Starts loading the record that [`HostIndex::exact_bucket`] will read
-    /// for this host, once [`HostIndex::prefetch_exact`] has brought in its
-    /// place in the FIT.
+    /// for this host, its listed paths included, once
+    /// [`HostIndex::prefetch_exact`] has brought in its place in the FIT.
     #[inline]
     pub(crate) fn prefetch_exact_record(&self, host: &str, hash: u64) {
         self.exact.prefetch_record(host.as_bytes(), hash);
@@ -262,18 +326,19 @@ impl HostIndex {
 
     /// Returns the bucket of an exact host, given the hash from
     /// [`HostIndex::prefetch_exact`], and starts loading the bucket's
-    /// listed paths.
+    /// listed paths when they are not in the record.
     #[inline]
     pub(crate) fn exact_bucket(
         &self,
         host: &str,
         hash: u64,
         tally: &mut FitTally,
-    ) -> Option<&Bucket> {
-        let bucket = self
+    ) -> Option<ExactHost<'_>> {
+        let exact = self
             .exact
-            .get_hashed_tallied(host.as_bytes(), hash, tally)?;
-        if let BucketPaths::Listed { start, len } = bucket.paths {
+            .get_hashed_with_tail_tallied(host.as_bytes(), hash, tally)
+            .map(ExactHost::new)?;
+        if let BucketPaths::Listed { start, len } = exact.bucket.paths {
             // Two 32-byte entries per cache line; the run may start in the
             // middle of one, so its last entry is requested as well.
             let run = self.listed.get(start as usize..(start + len) as usize);
@@ -284,7 +349,7 @@ impl HostIndex {
                 valkyrie_lockfree::prefetch(last);
             }
         }
-        Some(bucket)
+        Some(exact)
     }
 
     /// Finishes [`HostIndex::find`] with the exact host's bucket already
@@ -292,12 +357,12 @@ impl HostIndex {
     pub(crate) fn find_from(
         &self,
         host: Option<&str>,
-        exact: Option<&Bucket>,
+        exact: Option<ExactHost<'_>>,
         probe: &mut Probe<'_>,
     ) -> Option<RouteId> {
         if let Some(host) = host {
-            if let Some(bucket) = exact {
-                if let Some(found) = self.find_in_bucket(bucket, probe) {
+            if let Some(exact) = exact {
+                if let Some(found) = self.find_in_bucket(exact.bucket, exact.listed, probe) {
                     return Some(found);
                 }
             }
@@ -306,7 +371,7 @@ impl HostIndex {
             }
         }
         self.any
-            .and_then(|bucket| self.find_in_bucket(&self.buckets[bucket as usize], probe))
+            .and_then(|bucket| self.find_in_bucket(&self.buckets[bucket as usize], &[], probe))
     }
 
     /// Tries the wildcards that cover `host`, longest suffix first, because a
@@ -324,7 +389,8 @@ impl HostIndex {
         {
             let dot = from + found;
             if let Some(&bucket) = self.wildcard.get(&host[dot + 1..]) {
-                if let Some(found) = self.find_in_bucket(&self.buckets[bucket as usize], probe) {
+                if let Some(found) = self.find_in_bucket(&self.buckets[bucket as usize], &[], probe)
+                {
                     return Some(found);
                 }
             }
@@ -334,11 +400,20 @@ impl HostIndex {
     }
 
     /// Visits exact paths, then prefixes from longest to shortest, then
-    /// regexes, then routes without a path condition.
-    fn find_in_bucket(&self, bucket: &Bucket, probe: &mut Probe<'_>) -> Option<RouteId> {
+    /// regexes, then routes without a path condition. `in_record` contains
+    /// the listed paths of a bucket whose paths are `InRecord`.
+    fn find_in_bucket(
+        &self,
+        bucket: &Bucket,
+        in_record: &[ListedPath],
+        probe: &mut Probe<'_>,
+    ) -> Option<RouteId> {
         let found = match bucket.paths {
             BucketPaths::None => None,
-            BucketPaths::Listed { start, len } => self.find_listed(start, len, probe),
+            BucketPaths::Listed { start, len } => {
+                self.scan_listed(&self.listed[start as usize..(start + len) as usize], probe)
+            }
+            BucketPaths::InRecord => self.scan_listed(in_record, probe),
             BucketPaths::Tree(id) => self.find_path(id, probe),
         };
         if found.is_some() {
@@ -351,9 +426,8 @@ impl HostIndex {
     }
 
     /// Scans a listed bucket's paths, which are in match order.
-    fn find_listed(&self, start: u32, len: u32, probe: &mut Probe<'_>) -> Option<RouteId> {
+    fn scan_listed(&self, listed: &[ListedPath], probe: &mut Probe<'_>) -> Option<RouteId> {
         let path = probe.path.as_bytes();
-        let listed = &self.listed[start as usize..(start + len) as usize];
         for entry in listed {
             let listed_path = entry.path(&self.listed_bytes);
             let matches = if entry.prefix {
@@ -415,7 +489,8 @@ impl HostIndex {
             cra_nodes: self.paths.node_count(),
             cra_fragmentation: self.paths.fragmentation(),
             cra_arena_bytes: self.paths.arena_bytes(),
-            listed_paths: self.listed.len(),
+            listed_paths: self.listed.len() + self.listed_in_records,
+            listed_paths_in_records: self.listed_in_records,
             heap_bytes: self.heap_bytes(),
         }
     }
@@ -472,6 +547,9 @@ pub struct IndexStats {
     /// Exact and prefix paths kept in the lists of small buckets instead
     /// of the CRA.
     pub listed_paths: usize,
+    /// The part of `listed_paths` kept in exact hosts' FIT records, which
+    /// a lookup loads with the host instead of after it.
+    pub listed_paths_in_records: usize,
     /// Heap bytes of the whole index (FIT, wildcard map, CRA, candidate
     /// runs), not counting the routes themselves.
     pub heap_bytes: usize,
@@ -575,7 +653,14 @@ impl IndexBuilder {
         bucket
     }
 
-    fn finish(self, sizing: FitSizing, counters: Arc<FitCounters>) -> HostIndex {
+    /// Builds the index. `direct_target` returns the packed target that a
+    /// listed path of this run of routes can hold, or `NO_TARGET`.
+    fn finish(
+        self,
+        sizing: FitSizing,
+        counters: Arc<FitCounters>,
+        direct_target: impl Fn(&Candidates) -> u32,
+    ) -> HostIndex {
         let mut candidates: Vec<RouteId> = Vec::new();
         let mut push_run = |ids: &[RouteId]| {
             if let [id] = ids {
@@ -589,6 +674,15 @@ impl IndexBuilder {
             run
         };
 
+        // The listed paths of exact hosts go into their FIT records, the
+        // others into `listed`.
+        let mut is_exact = vec![false; self.buckets.len()];
+        for &bucket in self.exact.values() {
+            is_exact[bucket as usize] = true;
+        }
+        let mut in_record: Vec<Vec<ListedPath>> = vec![Vec::new(); self.buckets.len()];
+        let mut listed_in_records = 0;
+
         let mut buckets = Vec::with_capacity(self.buckets.len());
         let mut path_entries: Vec<(Vec<u8>, MatchKind, Candidates)> = Vec::new();
         let mut listed = Vec::new();
@@ -599,7 +693,6 @@ impl IndexBuilder {
             let paths = if count == 0 {
                 BucketPaths::None
             } else if count <= MAX_LISTED_PATHS {
-                let start = listed.len() as u32;
                 let mut entries: Vec<(&Box<str>, bool, &Vec<RouteId>)> = lists
                     .exact
                     .iter()
@@ -608,12 +701,25 @@ impl IndexBuilder {
                     .collect();
                 // Exact paths first, then prefixes from the longest.
                 entries.sort_by_key(|(path, prefix, _)| (*prefix, Reverse(path.len())));
-                for (path, prefix, ids) in entries {
-                    listed.push(listed_path(path, prefix, push_run(ids), &mut listed_bytes));
-                }
-                BucketPaths::Listed {
-                    start,
-                    len: count as u32,
+                let run: Vec<ListedPath> = entries
+                    .into_iter()
+                    .map(|(path, prefix, ids)| {
+                        let mut entry = listed_path(path, prefix, push_run(ids), &mut listed_bytes);
+                        entry.target = direct_target(&entry.candidates);
+                        entry
+                    })
+                    .collect();
+                if is_exact[bucket as usize] {
+                    listed_in_records += run.len();
+                    in_record[bucket as usize] = run;
+                    BucketPaths::InRecord
+                } else {
+                    let start = listed.len() as u32;
+                    listed.extend(run);
+                    BucketPaths::Listed {
+                        start,
+                        len: count as u32,
+                    }
                 }
             } else {
                 for (path, ids) in &lists.exact {
@@ -645,7 +751,8 @@ impl IndexBuilder {
         let mut exact = Fit::with_capacity(capacity, sizing.load_factor);
         exact.set_counters(counters);
         for (host, bucket) in self.exact {
-            exact.insert(host.as_bytes(), buckets[bucket as usize]);
+            let tail = listed_bytes_of(&in_record[bucket as usize]);
+            exact.insert_with_tail(host.as_bytes(), buckets[bucket as usize], tail);
         }
         exact.shrink_to_fit();
         let wildcard = self
@@ -660,6 +767,7 @@ impl IndexBuilder {
             any: self.any,
             buckets: buckets.into_boxed_slice(),
             listed: listed.into_boxed_slice(),
+            listed_in_records,
             listed_bytes: listed_bytes.into_boxed_slice(),
             paths: paths.build(),
             candidates: candidates.into_boxed_slice(),

@@ -48,6 +48,10 @@ fn stats_describe_the_index() {
         stats.listed_paths, 3,
         "/v1/, /health and / in small buckets"
     );
+    assert_eq!(
+        stats.listed_paths_in_records, 2,
+        "/v1/ and /health in the FIT record of api.example.com"
+    );
     assert_eq!(stats.cra_entries, 0);
     assert!(stats.exact_hosts.load_factor > 0.0);
     assert!(stats.heap_bytes >= stats.exact_hosts.heap_bytes + stats.cra_arena_bytes);
@@ -68,6 +72,10 @@ fn large_buckets_use_the_cra() {
         "the api.example.com bucket has 14 paths"
     );
     assert_eq!(stats.listed_paths, 1, "/ of the catch-all bucket");
+    assert_eq!(
+        stats.listed_paths_in_records, 0,
+        "the catch-all has no host"
+    );
     assert!(stats.cra_nodes >= 14, "{stats:?}");
     assert_eq!(stats.cra_fragmentation, 0.0, "built compactly");
 
