@@ -14,8 +14,9 @@
 //! tree descent costs a cache miss per level once the table outgrows the
 //! CPU caches. An exact host's list sits in the tail of its FIT record, so
 //! the load that brings the host's record brings its paths too, instead
-//! of a further cache miss on a separate array. The paths of larger buckets live in one CRA (radix arena)
-//! whose keys are the bucket id (4 bytes, big-endian) followed by the path.
+//! of a further cache miss on a separate array. The paths of larger
+//! buckets live in one CRA (radix arena) whose keys are the bucket id (4
+//! bytes, big-endian) followed by the path.
 //! One descent returns the exact entry, then the prefix entries from the
 //! longest to the shortest, which is the same match order. Each entry points
 //! to a run of route ids in one shared array, in precedence order, so the

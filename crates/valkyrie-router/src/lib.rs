@@ -478,9 +478,9 @@ impl RouteTable {
     /// the lookup runs for the whole group before the next step starts:
     /// first every host is hashed and its place in the FIT of exact hosts
     /// requested from memory, then the record each host will be compared
-    /// with, then the exact hosts are looked up (which requests their
-    /// first listed path), then paths are matched. So the cache misses of a group overlap, where
-    /// [`RouteTable::route_counted`] waits for each in turn. On tables
+    /// with (its listed paths included), then the exact hosts are looked
+    /// up, then paths are matched. So the cache misses of a group overlap,
+    /// where [`RouteTable::route_counted`] waits for each in turn. On tables
     /// larger than the CPU caches this routes several times more requests
     /// per second; the decisions are the same.
     ///
