@@ -1,5 +1,5 @@
-//! How evenly foldhash spreads sequential tenant keys over FIT home
-//! groups, for 20 random seeds each of its fast and quality hashers.
+//! Spread of sequential tenant keys over FIT home groups under foldhash,
+//! for 20 random seeds each of its fast and quality hashers.
 //!
 //! For each seed it places `tenant-0000000`, `tenant-0000001`, ... in the
 //! home groups of a FIT at load factor 0.75 (seven slots per group, a

@@ -662,8 +662,8 @@ impl<V: Copy> Fit<V> {
         record.map(|(_, word)| self.value(word))
     }
 
-    /// Hashes `key`, asks the CPU to start loading its home tag group and
-    /// slots, and returns the hash for [`Fit::get_hashed_tallied`]. A
+    /// Hashes `key`, prefetches its home tag group and slots, and returns
+    /// the hash for [`Fit::get_hashed_tallied`]. A
     /// caller with many keys to look up calls this for all of them first,
     /// so that their cache misses overlap instead of following each other.
     #[inline]

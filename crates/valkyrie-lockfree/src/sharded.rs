@@ -221,9 +221,9 @@ impl<V: Copy> ShardedFit<V> {
         value
     }
 
-    /// Hashes `key`, asks the CPU to start loading its home group in its
-    /// shard's base (and delta, if the shard has one), and returns the hash
-    /// for [`ShardedFit::get_hashed_tallied`]. See [`Fit::prefetch`].
+    /// Hashes `key`, prefetches its home group in its shard's base (and
+    /// delta, if the shard has one), and returns the hash for
+    /// [`ShardedFit::get_hashed_tallied`]. See [`Fit::prefetch`].
     #[inline]
     pub fn prefetch(&self, key: &[u8]) -> u64 {
         let hash = hash_key(&self.hasher, key);
@@ -260,7 +260,7 @@ impl<V: Copy> ShardedFit<V> {
 
     /// Like [`ShardedFit::get_tallied`], with the hash that
     /// [`ShardedFit::prefetch`] returned for `key` on this table. With any
-    /// other hash the answer is unspecified (a miss, or an entry that a
+    /// other hash the result is unspecified (a miss, or an entry that a
     /// delta replaced), though still memory-safe.
     #[inline]
     pub fn get_hashed_tallied(&self, key: &[u8], hash: u64, tally: &mut FitTally) -> Option<&V> {

@@ -349,7 +349,7 @@ impl KeyTable {
         )
     }
 
-    /// The resolution of a key whose lookup found `found`.
+    /// Returns the resolution of a key whose lookup found `found`.
     #[inline]
     fn resolution(&self, found: Option<KeyTarget>) -> Resolution {
         match (found, self.default) {

@@ -475,14 +475,14 @@ impl RouteTable {
     /// appends their results to `out`, in order.
     ///
     /// The requests are taken [`ROUTE_BATCH`] at a time, and each step of
-    /// the lookup runs for the whole group before the next step starts:
-    /// first every host is hashed and its place in the FIT of exact hosts
-    /// requested from memory, then the record each host will be compared
-    /// with (its listed paths included), then the exact hosts are looked
-    /// up, then paths are matched. So the cache misses of a group overlap,
-    /// where [`RouteTable::route_counted`] waits for each in turn. On tables
-    /// larger than the CPU caches this routes several times more requests
-    /// per second; the decisions are the same.
+    /// the lookup runs for the whole group before the next step starts.
+    /// First every host is hashed and its place in the FIT of exact hosts
+    /// prefetched. Then the record each host will be compared with is
+    /// prefetched, its listed paths included. Then the exact hosts are
+    /// looked up, and then paths are matched. So the cache misses of a
+    /// group overlap, where [`RouteTable::route_counted`] waits for each in
+    /// turn. On tables larger than the CPU caches this routes several times
+    /// more requests per second, and the decisions are the same.
     ///
     /// Allocates, besides what [`RouteTable::route`] may, for a host with
     /// uppercase letters.

@@ -351,8 +351,8 @@ struct BatchScratch<'a> {
 
 /// Routes a group of requests with `route_batch`, then resolves the keys
 /// of its key-table routes: all of them hashed and prefetched first, then
-/// their entries prefetched, then looked up. Returns a sum of the upstream indexes, which the caller
-/// keeps from being optimized away.
+/// their entries prefetched, then looked up. Returns a sum of the upstream
+/// indexes, which the caller keeps from being optimized away.
 fn engine_batch<'a>(
     routes: &'a RouteTable,
     tables: &[LoadedTable],
@@ -363,6 +363,7 @@ fn engine_batch<'a>(
     scratch: &mut BatchScratch<'a>,
 ) -> usize {
     let BatchScratch { infos, routed } = scratch;
+
     infos.clear();
     infos.extend(group.iter().map(|span| {
         let request = requests.get(span);
@@ -376,6 +377,9 @@ fn engine_batch<'a>(
     }));
     routed.clear();
     routes.route_batch(infos, tally, routed);
+
+    // Upstream targets are summed now, and key-table keys are collected
+    // for the grouped resolution below.
     let mut sum = 0usize;
     let mut keys = [(0usize, &[][..], 0u64); ROUTE_BATCH];
     let mut pending = 0;
@@ -402,6 +406,7 @@ fn engine_batch<'a>(
             }
         }
     }
+
     for &(index, key, hash) in &keys[..pending] {
         tables[index].table.prefetch_entry(key, hash);
     }
