@@ -15,6 +15,7 @@
 //! same hash, resolved again by upstream and endpoint name, or starts the
 //! table empty. The follower then reads the hash again.
 
+use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -477,24 +478,30 @@ fn apply_batch(
         }
     }
     let table = Arc::make_mut(&mut loaded.table);
-    for change in &batch.changes {
-        match &change.target {
-            Some((upstream, endpoint)) => match names.resolve(upstream, endpoint.as_deref()) {
-                Ok(target) => {
-                    table.insert(&change.key, target);
-                    outcome.upserted += 1;
-                }
-                Err(message) => outcome.rejected.push(format!(
-                    "key `{}`: {message}",
-                    String::from_utf8_lossy(&change.key)
-                )),
-            },
-            None => match table.remove(&change.key) {
-                Some(_) => outcome.deleted += 1,
-                None => outcome.not_found += 1,
-            },
-        }
-    }
+    let applied = table.apply_each(
+        &batch.changes,
+        |change| &change.key,
+        |table, change| {
+            match &change.target {
+                Some((upstream, endpoint)) => match names.resolve(upstream, endpoint.as_deref()) {
+                    Ok(target) => {
+                        table.insert(&change.key, target);
+                        outcome.upserted += 1;
+                    }
+                    Err(message) => outcome.rejected.push(format!(
+                        "key `{}`: {message}",
+                        String::from_utf8_lossy(&change.key)
+                    )),
+                },
+                None => match table.remove(&change.key) {
+                    Some(_) => outcome.deleted += 1,
+                    None => outcome.not_found += 1,
+                },
+            }
+            Ok::<(), Infallible>(())
+        },
+    );
+    let Ok(()) = applied;
     outcome
 }
 

@@ -25,6 +25,7 @@
 //! serves requests within `rcu_grace_period` plus the Redis round trips.
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -678,28 +679,34 @@ async fn load_table_once(
 
     let mut new_table = KeyTable::new(table, spec, default, entries.len(), sizing, &counters);
     let mut invalid = 0usize;
-    for (key, value) in &entries {
-        let target = parse_value(key, value).and_then(|(upstream, endpoint)| {
-            names
-                .resolve(&upstream, endpoint.as_deref())
-                .map_err(|problem| format!("key `{}`: {problem}", String::from_utf8_lossy(key)))
-        });
-        match target {
-            Ok(target) => {
-                new_table.insert(key, target);
-            }
-            Err(problem) => {
-                // As with a change message, the key keeps the entry it had.
-                if let Some(target) = previous.get(key) {
+    let filled = new_table.apply_each(
+        &entries,
+        |(key, _)| key,
+        |new_table, (key, value)| {
+            let target = parse_value(key, value).and_then(|(upstream, endpoint)| {
+                names
+                    .resolve(&upstream, endpoint.as_deref())
+                    .map_err(|problem| format!("key `{}`: {problem}", String::from_utf8_lossy(key)))
+            });
+            match target {
+                Ok(target) => {
                     new_table.insert(key, target);
                 }
-                if invalid < LOGGED_INVALID {
-                    warn!(table, hash = %hash, %problem, "skipped an invalid key-table entry in Redis; the key keeps its previous entry, if any");
+                Err(problem) => {
+                    // As with a change message, the key keeps the entry it had.
+                    if let Some(target) = previous.get(key) {
+                        new_table.insert(key, target);
+                    }
+                    if invalid < LOGGED_INVALID {
+                        warn!(table, hash = %hash, %problem, "skipped an invalid key-table entry in Redis; the key keeps its previous entry, if any");
+                    }
+                    invalid += 1;
                 }
-                invalid += 1;
             }
-        }
-    }
+            Ok::<(), Infallible>(())
+        },
+    );
+    let Ok(()) = filled;
     drop(entries);
     new_table.shrink_to_fit();
     let entry_count = new_table.len();

@@ -14,6 +14,7 @@
 //! the keys of a group after prefetching them all, and reports its
 //! throughput as `batched_lookups_per_sec`.
 
+use std::convert::Infallible;
 use std::hint::black_box;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -960,11 +961,17 @@ fn measure_updates(config: &Config, table: &KeyTable, plan: &Plan) -> Result<(f6
     };
     let apply = move |current: &UpdateState, batch: &[(Vec<u8>, String)]| {
         let mut table = (*current.table).clone();
-        for (key, upstream) in batch {
-            if let Ok(target) = names.resolve(upstream, None) {
-                table.insert(key, target);
-            }
-        }
+        let applied = table.apply_each(
+            batch,
+            |(key, _)| key,
+            |table, (key, upstream)| {
+                if let Ok(target) = names.resolve(upstream, None) {
+                    table.insert(key, target);
+                }
+                Ok::<(), Infallible>(())
+            },
+        );
+        let Ok(()) = applied;
         UpdateState {
             table: Arc::new(table),
         }
