@@ -34,7 +34,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
-pub use nearest::{by_distance, edit_distance, nearest};
+pub use nearest::{by_distance, edit_distance, nearest, suggestion};
 pub use schema::*;
 pub use units::{ByteSize, Duration, Rate};
 

@@ -29,6 +29,40 @@ pub fn by_distance<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>
     ranked.into_iter().map(|(_, candidate)| candidate).collect()
 }
 
+/// Maximum number of candidates that [`suggestion`] lists.
+const LISTED: usize = 10;
+
+/// Returns a hint for a name that is not among `candidates`: the nearest
+/// candidate as a likely typo, then the candidates nearest first, at most
+/// ten, under `listed_as` (such as "defined upstreams"). For example
+/// "did you mean `eu`? Defined upstreams: `eu`, `us`".
+pub fn suggestion(word: &str, candidates: &[&str], listed_as: &str) -> String {
+    if candidates.is_empty() {
+        return format!("there are no {listed_as}");
+    }
+    let ranked = by_distance(word, candidates.iter().copied());
+    let mut listed: Vec<String> = ranked
+        .iter()
+        .take(LISTED)
+        .map(|name| format!("`{name}`"))
+        .collect();
+    if ranked.len() > LISTED {
+        listed.push(format!("and {} more", ranked.len() - LISTED));
+    }
+    let listed = listed.join(", ");
+    match nearest(word, candidates.iter().copied()) {
+        Some(near) => {
+            let mut label = listed_as.chars();
+            let label: String = label
+                .next()
+                .map(|first| first.to_uppercase().chain(label).collect())
+                .unwrap_or_default();
+            format!("did you mean `{near}`? {label}: {listed}")
+        }
+        None => format!("{listed_as}: {listed}"),
+    }
+}
+
 /// Returns the optimal string alignment distance between `a` and `b`, ignoring
 /// ASCII and Unicode case.
 pub fn edit_distance(a: &str, b: &str) -> usize {
@@ -94,6 +128,26 @@ mod tests {
         assert_eq!(nearest("upstream", keys), None);
         assert_eq!(nearest("x", ["y"]), None);
         assert_eq!(nearest("", keys), None);
+    }
+
+    #[test]
+    fn suggestion_names_typo_and_list() {
+        let names = ["web", "api", "apis"];
+        assert_eq!(
+            suggestion("apo", &names, "defined upstreams"),
+            "did you mean `api`? Defined upstreams: `api`, `apis`, `web`"
+        );
+        assert_eq!(
+            suggestion("backend", &names, "defined upstreams"),
+            "defined upstreams: `web`, `api`, `apis`"
+        );
+        assert_eq!(
+            suggestion("x", &[], "defined key tables"),
+            "there are no defined key tables"
+        );
+        let many: Vec<String> = (0..12).map(|index| format!("u{index:02}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(suggestion("zzzz", &many, "defined upstreams").ends_with("`u09`, and 2 more"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
-use valkyrie_config::{Config, KeySource};
+use valkyrie_config::{suggestion, Config, KeySource};
 use valkyrie_lockfree::{FitCounters, FitTally, ShardedFit};
 
 /// Entries per shard that the shard count aims for when a table is built.
@@ -470,6 +470,8 @@ impl std::fmt::Debug for KeyTable {
 #[derive(Clone, Debug, Default)]
 pub struct UpstreamNames {
     upstreams: HashMap<String, (usize, HashMap<String, usize>)>,
+    /// Upstream names in config order, for the hint of an unknown one.
+    names: Vec<String>,
 }
 
 impl UpstreamNames {
@@ -477,7 +479,11 @@ impl UpstreamNames {
     /// one wins, as validation reports duplicates.
     pub fn new(config: &Config) -> UpstreamNames {
         let mut upstreams = HashMap::new();
+        let mut names = Vec::new();
         for (index, upstream) in config.upstreams.iter().enumerate() {
+            if !upstreams.contains_key(&upstream.name) {
+                names.push(upstream.name.clone());
+            }
             upstreams.entry(upstream.name.clone()).or_insert_with(|| {
                 let mut endpoints = HashMap::new();
                 for (position, endpoint) in upstream.endpoints.iter().enumerate() {
@@ -488,20 +494,31 @@ impl UpstreamNames {
                 (index, endpoints)
             });
         }
-        UpstreamNames { upstreams }
+        UpstreamNames { upstreams, names }
     }
 
     /// Resolves an upstream name and an optional endpoint address of it.
+    /// An unknown name or address gets an error that lists the nearest
+    /// defined ones.
     pub fn resolve(&self, upstream: &str, endpoint: Option<&str>) -> Result<KeyTarget, String> {
         let Some((index, endpoints)) = self.upstreams.get(upstream) else {
+            let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+            let hint = suggestion(upstream, &names, "defined upstreams");
             return Err(format!(
-                "upstream `{upstream}` is not defined in [[upstreams]]"
+                "upstream `{upstream}` is not defined in [[upstreams]]; {hint}"
             ));
         };
         let endpoint = match endpoint {
             None => None,
             Some(address) => Some(*endpoints.get(address).ok_or_else(|| {
-                format!("endpoint `{address}` is not an endpoint of upstream `{upstream}`")
+                let mut listed: Vec<(&usize, &str)> = endpoints
+                    .iter()
+                    .map(|(address, position)| (position, address.as_str()))
+                    .collect();
+                listed.sort_unstable();
+                let listed: Vec<&str> = listed.into_iter().map(|(_, address)| address).collect();
+                let hint = suggestion(address, &listed, &format!("endpoints of `{upstream}`"));
+                format!("endpoint `{address}` is not an endpoint of upstream `{upstream}`; {hint}")
             })?),
         };
         Ok(KeyTarget::new(*index, endpoint))

@@ -128,6 +128,16 @@ fn build_resolves_names_and_reports_unknown_ones() {
     .unwrap_err();
     assert_eq!(error.line, 2);
     assert!(error.message.contains("upstream `gone` is not defined"));
+    assert!(
+        error.message.ends_with("defined upstreams: `app`, `other`"),
+        "{}",
+        error.message
+    );
+    let error = names.resolve("ap", None).unwrap_err();
+    assert!(
+        error.ends_with("did you mean `app`? Defined upstreams: `app`, `other`"),
+        "{error}"
+    );
 
     let entries = parse_entries("a,app,127.0.0.1:9003\n").unwrap();
     let error = build_table(
@@ -143,6 +153,13 @@ fn build_resolves_names_and_reports_unknown_ones() {
     assert!(error
         .message
         .contains("`127.0.0.1:9003` is not an endpoint of upstream `app`"));
+    assert!(
+        error.message.ends_with(
+            "did you mean `127.0.0.1:9001`? Endpoints of `app`: `127.0.0.1:9001`, `127.0.0.1:9002`"
+        ),
+        "{}",
+        error.message
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -147,6 +149,10 @@ Press Ctrl-C to stop.
     );
 }
 
+/// Time the connection that asked a demo upstream to stop gets to receive
+/// the response.
+const STOP_RESPONSE_TIME: Duration = Duration::from_secs(1);
+
 /// Serves one demo upstream: every request gets a JSON line naming the
 /// upstream, and `POST /stop` closes the server and its open connections to
 /// show failover.
@@ -168,25 +174,36 @@ async fn serve_demo_upstream(listener: TcpListener, name: &'static str) {
         let stop = stop.clone();
         let mut stopped_signal = stopped.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let stop = stop.clone();
-                async move {
+            // Set by the request that stops the server, so that its own
+            // connection stays open until the response is written.
+            let stopping_here = Arc::new(AtomicBool::new(false));
+            let service = {
+                let stopping_here = stopping_here.clone();
+                service_fn(move |request: Request<Incoming>| {
                     let (response, stop_requested) = demo_response(name, &request);
                     if stop_requested {
-                        // Stop a moment later so this response still goes out.
-                        tokio::spawn(async move {
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            let _ = stop.send(true);
-                        });
+                        // Stops accepting and closes every other connection
+                        // now, so that the next routed request finds the
+                        // upstream down.
+                        stopping_here.store(true, Ordering::Relaxed);
+                        let _ = stop.send(true);
                     }
-                    Ok::<_, Infallible>(response)
-                }
-            });
+                    std::future::ready(Ok::<_, Infallible>(response))
+                })
+            };
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
             tokio::select! {
-                _ = connection => {}
-                _ = stopped_signal.changed() => {}
+                _ = &mut connection => {}
+                _ = stopped_signal.changed() => {
+                    if stopping_here.load(Ordering::Relaxed) {
+                        // The stop response carries `Connection: close`, so
+                        // HTTP/1.1 ends the connection once it is written.
+                        // HTTP/2 does not, hence the time limit.
+                        let _ = tokio::time::timeout(STOP_RESPONSE_TIME, connection).await;
+                    }
+                }
             }
         });
     }

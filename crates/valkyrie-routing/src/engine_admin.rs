@@ -73,7 +73,7 @@ pub async fn change_keys(control: &Control, body: &Bytes) -> Response<ProxyBody>
     let state = control.state();
     let snapshot = state.snapshot.load_full();
     let Some(loaded) = find_table(&snapshot, &change.table) else {
-        return unknown_table(&change.table);
+        return unknown_table(&snapshot, &change.table);
     };
     if let TableSource::RedisHash(hash) = &loaded.origin.config.source {
         return error(
@@ -208,11 +208,17 @@ fn invalid_entries(problems: Vec<String>) -> Response<ProxyBody> {
     )
 }
 
-fn unknown_table(name: &str) -> Response<ProxyBody> {
+fn unknown_table(snapshot: &Snapshot, name: &str) -> Response<ProxyBody> {
+    let defined: Vec<&str> = snapshot
+        .key_tables
+        .iter()
+        .map(|loaded| &**loaded.table.name())
+        .collect();
+    let hint = valkyrie_config::suggestion(name, &defined, "defined key tables");
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("key table `{name}` is not defined in [[key_tables]]"),
+        format!("key table `{name}` is not defined in [[key_tables]]; {hint}"),
     )
 }
 
@@ -241,7 +247,7 @@ pub fn lookup_keys(control: &Control, query: Option<&str>) -> Response<ProxyBody
         );
     };
     let Some(loaded) = find_table(&snapshot, &table_name) else {
-        return unknown_table(&table_name);
+        return unknown_table(&snapshot, &table_name);
     };
     let Some(key) = key else {
         let mut body = describe(&snapshot, loaded);

@@ -2,7 +2,7 @@
 //! (for logrotate), as JSON or text.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -91,7 +91,10 @@ pub fn init(config: &LoggingConfig) -> Result<Option<LogFile>, String> {
             .flatten_event(true)
             .with_writer(io::stdout)
             .boxed(),
+        // Colour codes only for a terminal, not for a pipe or a file that
+        // a supervisor collects.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(io::stdout().is_terminal())
             .with_writer(io::stdout)
             .boxed(),
     };

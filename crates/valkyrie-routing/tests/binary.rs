@@ -409,12 +409,13 @@ async fn demo_routes_balances_and_fails_over() {
         "{seen:?}"
     );
 
-    client
+    // As the printed steps run: the requests follow the stop at once.
+    let stopped = client
         .post(format!("http://127.0.0.1:{}/stop", ports[2]))
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stopped.status(), 200);
     for _ in 0..6 {
         let response = client.get(url("/lb/")).send().await.unwrap();
         assert_eq!(response.status(), 200);

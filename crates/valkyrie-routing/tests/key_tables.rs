@@ -346,6 +346,13 @@ async fn admin_keys_api_changes_tables() {
     let (status, missing) = router.get_json("/admin/keys?table=tenants&key=acme").await;
     assert_eq!(status, 404);
     assert_eq!(missing["error"], "not_found");
+    let (status, unknown) = router.get_json("/admin/keys?table=tenant").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        unknown["message"],
+        "key table `tenant` is not defined in [[key_tables]]; did you mean `tenants`? Defined key tables: `tenants`, `regions`, `shards`",
+        "{unknown}"
+    );
     let (status, summary) = router.get_json("/admin/keys?table=tenants").await;
     assert_eq!(status, 200);
     assert_eq!(summary["entries"], 5, "{summary}");

@@ -11,7 +11,7 @@ use super::rules::display_name;
 use super::{span_start, table_list, TableAt, Validator};
 use crate::address::{Host, HostPort};
 use crate::error::ErrorKind;
-use crate::nearest::{by_distance, nearest};
+use crate::nearest::suggestion;
 use crate::schema::Config;
 
 /// A named entry of an array of tables: an upstream, route or key table.
@@ -149,21 +149,7 @@ fn check_reference(
     let hint = if defined.is_empty() {
         format!("no {section} entry is defined in this file")
     } else {
-        const SHOWN: usize = 10;
-        let ranked = by_distance(name, defined.iter().copied());
-        let mut listed: Vec<String> = ranked
-            .iter()
-            .take(SHOWN)
-            .map(|name| format!("`{name}`"))
-            .collect();
-        if ranked.len() > SHOWN {
-            listed.push(format!("and {} more", ranked.len() - SHOWN));
-        }
-        let listed = listed.join(", ");
-        match nearest(name, defined.iter().copied()) {
-            Some(near) => format!("did you mean `{near}`? Defined {what}s: {listed}"),
-            None => format!("defined {what}s: {listed}"),
-        }
+        suggestion(name, defined, &format!("defined {what}s"))
     };
     validator.report(
         at,
