@@ -1063,6 +1063,41 @@ source = { file = "tenants.csv" }
         error.message,
         "`key_tables[0].key` needs one of `header`, `path_segment` or `query`"
     );
+    assert_eq!(hint(&error), KEY_EXAMPLE);
+}
+
+/// The hint of a missing or malformed `key` of a key table.
+const KEY_EXAMPLE: &str = "write `key = { header = \"X-Tenant\" }`, `key = { path_segment = 1 }` or `key = { query = \"tenant\" }`";
+
+#[test]
+fn key_table_sources_hint_at_their_forms() {
+    let source_example = "write `source = { file = \"tenants.csv\" }` (lines `key,upstream[,endpoint]`, relative to the config file's folder) or `source = { redis_hash = \"valkyrie:tenants\" }`";
+
+    let text = "[[key_tables]]\nname = \"t\"\nkey = { header = \"X-T\" }\nsource = { url = \"http://x\" }\n";
+    let error = only_error(text);
+    assert_eq!(error.kind, ErrorKind::UnknownKey);
+    assert_eq!(error.message, "unknown key `url` in [key_tables.source]");
+    assert_eq!(hint(&error), source_example);
+
+    let text = "[[key_tables]]\nname = \"t\"\nkey = { header = \"X-T\" }\n";
+    let error = expect_error(text, ErrorKind::MissingKey, 1, 1, "key_tables[0].source");
+    assert_eq!(hint(&error), source_example);
+
+    let text = "[[key_tables]]\nname = \"t\"\nkey = \"X-T\"\nsource = { file = \"t.csv\" }\n";
+    let error = expect_error(text, ErrorKind::WrongType, 3, 7, "key_tables[0].key");
+    assert_eq!(hint(&error), KEY_EXAMPLE);
+
+    let text =
+        "[[key_tables]]\nname = \"t\"\nkey = { header = \"\" }\nsource = { file = \"t.csv\" }\n";
+    let error = only_error(text);
+    assert_eq!(
+        error.message,
+        "`key_tables[0].key.header`: the header name is empty"
+    );
+    assert_eq!(
+        hint(&error),
+        "write the name of a request header, such as `X-Tenant`"
+    );
 }
 
 #[test]

@@ -35,6 +35,59 @@ use crate::state::Snapshot;
 /// Maximum length of a key value quoted in an error message, in bytes.
 const QUOTED_KEY_LEN: usize = 64;
 
+/// A key table that cannot be loaded: the table, the key of its config
+/// entry at fault if the config is (not the entry file), what is wrong
+/// and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableError {
+    pub table: String,
+    /// Position of the table in `[[key_tables]]`.
+    pub index: usize,
+    /// `key`, `source` or `default_upstream`, or `None` for a problem
+    /// inside the entry file, whose message names the file and line.
+    pub key: Option<&'static str>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl TableError {
+    /// Returns the dotted config key at fault, such as
+    /// `key_tables[0].source`.
+    pub fn config_key(&self) -> Option<String> {
+        self.key
+            .map(|key| format!("key_tables[{}].{key}", self.index))
+    }
+}
+
+impl std::fmt::Display for TableError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key table `{}`: {}", self.table, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TableError {}
+
+/// Returns the hint for an entry file that cannot be read.
+fn unreadable_file_hint(error: &std::io::Error) -> Option<String> {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => Some(
+            "a relative path starts at the config file's folder; create the file with `key,upstream[,endpoint]` lines or correct `source`"
+                .to_string(),
+        ),
+        std::io::ErrorKind::IsADirectory => {
+            Some("`source` names a folder; name the entry file in it".to_string())
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            Some("let the user the router runs as read the file".to_string())
+        }
+        _ => None,
+    }
+}
+
 /// A key table of a snapshot with where its entries came from.
 #[derive(Clone, Debug)]
 pub struct LoadedTable {
@@ -69,21 +122,30 @@ pub fn load_tables(
     previous: Option<&Snapshot>,
     base_dir: Option<&Path>,
     counters: &Arc<FitCounters>,
-) -> Result<Vec<LoadedTable>, String> {
+) -> Result<Vec<LoadedTable>, TableError> {
     let names = UpstreamNames::new(config);
     let layout = upstream_layout(config);
     let sizing = TableSizing::from_config(config);
     let mut tables = Vec::with_capacity(config.key_tables.len());
-    for table_config in &config.key_tables {
+    for (index, table_config) in config.key_tables.iter().enumerate() {
         let name = &table_config.name;
-        let error = |message: String| format!("key table `{name}`: {message}");
-        let spec = KeySpec::from_config(&table_config.key).map_err(error)?;
+        let error = |key: Option<&'static str>, message: String, hint: Option<String>| TableError {
+            table: name.clone(),
+            index,
+            key,
+            message,
+            hint,
+        };
+        let spec = KeySpec::from_config(&table_config.key)
+            .map_err(|message| error(Some("key"), message, None))?;
         let default = match &table_config.default_upstream {
-            Some(upstream) => Some(
-                names
-                    .resolve(upstream, None)
-                    .map_err(|message| error(format!("default_upstream: {message}")))?,
-            ),
+            Some(upstream) => Some(names.resolve(upstream, None).map_err(|message| {
+                error(
+                    Some("default_upstream"),
+                    format!("default_upstream: {message}"),
+                    None,
+                )
+            })?),
             None => None,
         };
         let file = match &table_config.source {
@@ -101,8 +163,13 @@ pub fn load_tables(
             }
         };
         let path = resolve_path(base_dir, file);
-        let bytes = std::fs::read(&path)
-            .map_err(|io| error(format!("cannot read {}: {io}", path.display())))?;
+        let bytes = std::fs::read(&path).map_err(|io| {
+            error(
+                Some("source"),
+                format!("cannot read {}: {io}", path.display()),
+                unreadable_file_hint(&io),
+            )
+        })?;
         let content_hash = hash_of(&bytes);
 
         let kept = previous.and_then(|previous| {
@@ -119,12 +186,17 @@ pub fn load_tables(
             continue;
         }
 
-        let text = String::from_utf8(bytes)
-            .map_err(|_| error(format!("{} is not valid UTF-8", path.display())))?;
-        let entries =
-            parse_entries(&text).map_err(|entry| error(format!("{}: {entry}", path.display())))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            error(
+                None,
+                format!("{} is not valid UTF-8", path.display()),
+                Some("save the entry file as UTF-8".to_string()),
+            )
+        })?;
+        let entries = parse_entries(&text)
+            .map_err(|entry| error(None, format!("{}: {entry}", path.display()), None))?;
         let table = build_table(name, spec, default, &entries, &names, sizing, counters)
-            .map_err(|entry| error(format!("{}: {entry}", path.display())))?;
+            .map_err(|entry| error(None, format!("{}: {entry}", path.display()), None))?;
         if previous.is_some() {
             info!(table = %name, file = %path.display(), entries = table.len(), "key table loaded from its file");
         }

@@ -86,8 +86,10 @@ pub enum SnapshotError {
     TrustedProxies(String),
     #[error("invalid [server] via_name `{0}`: it must be a valid header value")]
     Via(String),
-    #[error("{0}")]
-    KeyTable(String),
+    #[error(transparent)]
+    KeyTable(#[from] crate::keys::TableError),
+    #[error("loading key tables failed: {0}")]
+    KeyTableTask(String),
 }
 
 impl Snapshot {
@@ -195,7 +197,7 @@ async fn load_key_tables(
             crate::keys::load_tables(&config, previous.as_ref(), base_dir.as_deref(), &counters)
         })
         .await
-        .map_err(|error| SnapshotError::KeyTable(format!("loading key tables failed: {error}")))?
+        .map_err(|error| SnapshotError::KeyTableTask(error.to_string()))?
     } else {
         crate::keys::load_tables(config, previous, base_dir, counters)
     };

@@ -291,4 +291,5 @@ async fn bad_entry_files_fail_the_build() {
         .unwrap()
         .to_string();
     assert!(error.contains("cannot read"), "{error}");
+    assert!(error.contains("hint: a relative path starts at"), "{error}");
 }

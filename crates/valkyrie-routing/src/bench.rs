@@ -226,7 +226,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
     let routes = routes.map_err(|error| error.to_string())?;
     let (tables, table_bytes) =
         retained(|| valkyrie_proxy::keys::load_tables(&config, None, None, &counters));
-    let tables = tables?;
+    let tables = tables.map_err(|error| error.to_string())?;
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(entries_file);
 

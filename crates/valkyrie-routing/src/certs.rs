@@ -6,9 +6,11 @@ use std::fmt::Write;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use toml_edit::{ImDocument, Item, TableLike};
+use toml_edit::ImDocument;
 use valkyrie_config::Config;
 use valkyrie_proxy::tls::{self, format_utc, unix_now, TlsTerminator};
+
+use crate::position::key_position;
 
 /// Name of the gauge with the seconds until each served certificate expires.
 pub const EXPIRY_GAUGE: &str = "valkyrie_tls_certificate_expiry_seconds";
@@ -23,8 +25,7 @@ pub fn file_problems(config: &Config, text: &str, file: &Path) -> Vec<String> {
         .map(|problem| {
             let position = document
                 .as_ref()
-                .and_then(|document| key_offset(document.as_table(), &problem.key))
-                .map(|offset| line_and_column(text, offset));
+                .and_then(|document| key_position(document, text, &problem.key));
             let mut line = match position {
                 Some((line, column)) => {
                     format!("{}:{line}:{column}: {}", file.display(), problem.message)
@@ -49,53 +50,6 @@ pub fn check_config_files(config: Config, file: &Path) -> Result<Config, String>
     } else {
         Err(problems.join("\n"))
     }
-}
-
-/// Returns the offset of a dotted key such as `security.certificates[1].key_path`
-/// in the document: the key itself, or the nearest table that contains it
-/// when the key is not written (a default value).
-fn key_offset(root: &dyn TableLike, path: &str) -> Option<usize> {
-    let mut table = root;
-    let mut found = None;
-    for segment in path.split('.') {
-        let (name, index) = match segment.split_once('[') {
-            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (segment, None),
-        };
-        let Some((key, item)) = table.get_key_value(name) else {
-            return found;
-        };
-        let item_offset = key.span().or_else(|| item.span()).map(|span| span.start);
-        found = item_offset.or(found);
-        let next: Option<&dyn TableLike> = match (item, index) {
-            (Item::ArrayOfTables(tables), Some(index)) => {
-                let entry = tables.get(index)?;
-                found = entry.span().map(|span| span.start).or(found);
-                Some(entry)
-            }
-            (Item::Value(toml_edit::Value::Array(array)), Some(index)) => {
-                let entry = array.get(index)?;
-                found = entry.span().map(|span| span.start).or(found);
-                entry.as_inline_table().map(|table| table as &dyn TableLike)
-            }
-            (item, None) => item.as_table_like(),
-            _ => None,
-        };
-        match next {
-            Some(next) => table = next,
-            None => return found,
-        }
-    }
-    found
-}
-
-/// Converts a byte offset to a line and a column in characters, both from 1.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
 }
 
 /// Returns the `tls` block of `/config/status`.
@@ -163,41 +117,4 @@ fn escape_label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn offset_of(text: &str, path: &str) -> Option<(usize, usize)> {
-        let document = ImDocument::parse(text.to_string()).unwrap();
-        key_offset(document.as_table(), path).map(|offset| line_and_column(text, offset))
-    }
-
-    #[test]
-    fn key_offset_finds_nested_keys() {
-        let text = "[security]\nenable_tls = true\ntls_key_path = \"/k.pem\"\n\n[[security.certificates]]\nserver_names = [\"a\"]\ncert_path = \"/a.pem\"\nkey_path = \"/a-key.pem\"\n\n[[security.certificates]]\nserver_names = [\"b\"]\ncert_path = \"/b.pem\"\n  key_path = \"/b-key.pem\"\n";
-        assert_eq!(offset_of(text, "security.tls_key_path"), Some((3, 1)));
-        assert_eq!(
-            offset_of(text, "security.certificates[1].key_path"),
-            Some((13, 3))
-        );
-        assert_eq!(
-            offset_of(text, "security.certificates[0].cert_path"),
-            Some((7, 1))
-        );
-    }
-
-    #[test]
-    fn key_offset_falls_back_to_section() {
-        let text = "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[security]\nenable_tls = true\n";
-        assert_eq!(offset_of(text, "security.tls_cert_path"), Some((4, 2)));
-        assert_eq!(offset_of("", "security.tls_cert_path"), None);
-    }
-
-    #[test]
-    fn key_offset_in_inline_tables() {
-        let text = "[[upstreams]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\ntls = { ca_path = \"/ca.pem\" }\n";
-        assert_eq!(offset_of(text, "upstreams[0].tls.ca_path"), Some((4, 9)));
-    }
 }

@@ -151,7 +151,8 @@ fn check_key_tables(
     path: &Path,
 ) -> Result<valkyrie_config::Config, String> {
     let counters = valkyrie_lockfree::FitCounters::new();
-    valkyrie_proxy::keys::load_tables(&config, None, path.parent(), &counters)?;
+    valkyrie_proxy::keys::load_tables(&config, None, path.parent(), &counters)
+        .map_err(|error| crate::position::table_error(&error, Some(path)))?;
     Ok(config)
 }
 

@@ -12,6 +12,7 @@ mod keys_cli;
 mod logging;
 mod memory;
 mod metrics;
+mod position;
 mod resilience;
 mod service;
 mod window;

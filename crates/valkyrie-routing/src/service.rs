@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use valkyrie_config::Config;
 use valkyrie_proxy::net::{parse_listen, CidrSet};
 use valkyrie_proxy::server::bind;
+use valkyrie_proxy::state::SnapshotError;
 use valkyrie_proxy::{ListenerKind, ProxyState, Server, Snapshot};
 
 use crate::builtins::{self, Builtins};
@@ -235,7 +236,7 @@ impl Control {
         let config_dir = self.source.as_deref().and_then(Path::parent);
         let snapshot = Snapshot::build_in(config.clone(), Some(&current), config_dir)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| describe_snapshot_error(&error, self.source.as_deref()))?;
         let allow = CidrSet::parse(config.admin.allow.iter().map(String::as_str))?;
         let generation = state.publish(snapshot);
         state.key_sync.follow(state);
@@ -418,6 +419,15 @@ async fn follow_redis_tables(state: &Arc<valkyrie_proxy::ProxyState>) {
     }
 }
 
+/// Formats a snapshot that cannot be built. A key table's error gets the
+/// position of the config key at fault in `config_file`.
+fn describe_snapshot_error(error: &SnapshotError, config_file: Option<&Path>) -> String {
+    match error {
+        SnapshotError::KeyTable(table) => crate::position::table_error(table, config_file),
+        other => other.to_string(),
+    }
+}
+
 /// Builds the first snapshot, binds every listener and starts serving.
 pub async fn start(
     config: Config,
@@ -432,7 +442,7 @@ pub async fn start(
     let config_dir = source.as_deref().and_then(Path::parent);
     let snapshot = Snapshot::build_in(config.clone(), None, config_dir)
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| describe_snapshot_error(&error, source.as_deref()))?;
     let generation = snapshot.generation;
 
     let tls = if config.security.enable_tls {

@@ -592,5 +592,14 @@ source = { file = "tenants.csv" }
     std::fs::remove_file(folder.path().join("tenants.csv")).unwrap();
     let output = validate();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let position = format!(
+        "{}:11:1: key table `tenants`: cannot read",
+        config.display()
+    );
+    assert!(stderr.starts_with(&position), "{stderr}");
+    assert!(
+        stderr.contains("hint: a relative path starts at the config file's folder"),
+        "{stderr}"
+    );
 }

@@ -219,12 +219,14 @@ impl<'a> Validator<'a> {
 
     fn check_table(&mut self, table: &TableAt<'_>, section: &'static Section) {
         let mut misspelled = Vec::new();
+        let mut unknown_keys = false;
         for (name, item) in table.table.iter() {
             let key_at = table.key_at(name);
             let path = table.child(name);
             match section.key(name) {
                 Some(key) => self.check_item(item, key, &path, key_at),
                 None => {
+                    unknown_keys = true;
                     misspelled.extend(nearest(name, section.key_names()));
                     self.unknown_key(section, name, &path, key_at);
                 }
@@ -244,25 +246,37 @@ impl<'a> Validator<'a> {
                     key.name,
                     section.header()
                 );
+                let hint = match key.kind {
+                    Kind::Table(child) => child.example.map(str::to_string),
+                    _ => None,
+                };
                 self.report(
                     table.at,
                     ErrorKind::MissingKey,
                     table.child(key.name),
                     message,
-                    None,
+                    hint,
                 );
             }
         }
 
         if section.exactly_one {
-            self.check_exactly_one(table, section);
+            self.check_exactly_one(table, section, unknown_keys);
         }
         if let Some(rule) = section.rule {
             rule(self, table);
         }
     }
 
-    fn check_exactly_one(&mut self, table: &TableAt<'_>, section: &'static Section) {
+    /// Reports a choice section with none or several of its keys. None is
+    /// not reported again when the section has `unknown_keys`, whose
+    /// errors show the choices.
+    fn check_exactly_one(
+        &mut self,
+        table: &TableAt<'_>,
+        section: &'static Section,
+        unknown_keys: bool,
+    ) {
         let present: Vec<&str> = table
             .table
             .iter()
@@ -271,7 +285,7 @@ impl<'a> Validator<'a> {
             .collect();
         let choices = text::list_choices(&section.key_names().collect::<Vec<_>>());
         match present.as_slice() {
-            [] if !table.misspelled.is_empty() => {}
+            [] if unknown_keys => {}
             [] => {
                 let message = format!("`{}` needs one of {choices}", table.path);
                 self.report(
@@ -279,7 +293,7 @@ impl<'a> Validator<'a> {
                     ErrorKind::MissingKey,
                     table.path.clone(),
                     message,
-                    None,
+                    section.example.map(str::to_string),
                 );
             }
             [_] => {}
@@ -314,7 +328,10 @@ impl<'a> Validator<'a> {
                     };
                     self.check_table(&table, section);
                 }
-                None => self.wrong_type(item, at, path, "a table", None),
+                None => {
+                    let hint = section.example.map(str::to_string);
+                    self.wrong_type(item, at, path, "a table", hint);
+                }
             },
             Kind::TableList(section) => self.check_table_list(item, section, path, at),
             Kind::Endpoints => self.check_endpoints(item, path, at),

@@ -22,6 +22,9 @@ pub(crate) struct Section {
     pub exactly_one: bool,
     /// Checks that involve several keys of the section.
     pub rule: Option<fn(&mut Validator<'_>, &TableAt<'_>)>,
+    /// How the section is written, for the hint when it is missing, of
+    /// the wrong type or without its choice.
+    pub example: Option<&'static str>,
 }
 
 impl Section {
@@ -113,6 +116,7 @@ const fn table(path: &'static str, keys: &'static [Key]) -> Section {
         keys,
         exactly_one: false,
         rule: None,
+        example: None,
     }
 }
 
@@ -123,6 +127,7 @@ const fn array(path: &'static str, keys: &'static [Key]) -> Section {
         keys,
         exactly_one: false,
         rule: None,
+        example: None,
     }
 }
 
@@ -438,6 +443,9 @@ static KEY_TABLE: Section = array(
 
 static KEY_SOURCE: Section = Section {
     exactly_one: true,
+    example: Some(
+        "write `key = { header = \"X-Tenant\" }`, `key = { path_segment = 1 }` or `key = { query = \"tenant\" }`",
+    ),
     ..table(
         "key_tables.key",
         &[
@@ -456,6 +464,9 @@ static KEY_SOURCE: Section = Section {
 
 static TABLE_SOURCE: Section = Section {
     exactly_one: true,
+    example: Some(
+        "write `source = { file = \"tenants.csv\" }` (lines `key,upstream[,endpoint]`, relative to the config file's folder) or `source = { redis_hash = \"valkyrie:tenants\" }`",
+    ),
     ..table(
         "key_tables.source",
         &[

@@ -321,6 +321,12 @@ fn check_token(value: &str, what: &str) -> Result<(), Problem> {
 }
 
 fn check_header_name(value: &str) -> Result<(), Problem> {
+    if value.is_empty() {
+        return Err(
+            Problem::new(ErrorKind::InvalidValue, "the header name is empty")
+                .hint("write the name of a request header, such as `X-Tenant`"),
+        );
+    }
     check_token(value, "header name")
 }
 

@@ -14,13 +14,26 @@ impl Validator<'_> {
         path: &str,
         at: usize,
     ) {
+        let near_here = nearest(name, section.key_names());
+        if let (Some(example), None) = (section.example, near_here) {
+            // A choice such as `source = { url = .. }`: another section's
+            // key of that name is a coincidence, so show the choices.
+            let message = format!("unknown key `{name}` in {}", section.header());
+            self.report(
+                at,
+                ErrorKind::UnknownKey,
+                path,
+                message,
+                Some(example.to_string()),
+            );
+            return;
+        }
         let homes: Vec<&'static Section> = self
             .sections
             .iter()
             .copied()
             .filter(|other| !std::ptr::eq(*other, section) && other.key(name).is_some())
             .collect();
-        let near_here = nearest(name, section.key_names());
         let location = if section.path.is_empty() {
             "at the top level".to_string()
         } else {
