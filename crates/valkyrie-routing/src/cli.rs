@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "valkyrie-routing", version, about)]
 pub struct Cli {
     /// Configuration file to run with. When the default file is missing,
-    /// built-in defaults are used.
+    /// built-in defaults are used. `demo` and `bench engine` build their
+    /// own configuration and do not read it.
     #[arg(
         long,
         value_name = "FILE",
