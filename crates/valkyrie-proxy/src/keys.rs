@@ -82,7 +82,7 @@ fn unreadable_file_hint(error: &std::io::Error) -> Option<String> {
             Some("`source` names a folder; name the entry file in it".to_string())
         }
         std::io::ErrorKind::PermissionDenied => {
-            Some("let the user the router runs as read the file".to_string())
+            Some("give the user the router runs as read permission on the file".to_string())
         }
         _ => None,
     }
