@@ -35,9 +35,8 @@ use crate::state::Snapshot;
 /// Maximum length of a key value quoted in an error message, in bytes.
 const QUOTED_KEY_LEN: usize = 64;
 
-/// A key table that cannot be loaded: the table, the key of its config
-/// entry at fault if the config is (not the entry file), what is wrong
-/// and how to fix it.
+/// Error of a key table that cannot be loaded: the table, the config key
+/// at fault (none when the entry file is), the message and a hint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableError {
     pub table: String,

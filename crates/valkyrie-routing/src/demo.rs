@@ -149,8 +149,8 @@ Press Ctrl-C to stop.
     );
 }
 
-/// Time the connection that asked a demo upstream to stop gets to receive
-/// the response.
+/// Time limit for sending the stop response on the connection that
+/// requested the stop.
 const STOP_RESPONSE_TIME: Duration = Duration::from_secs(1);
 
 /// Serves one demo upstream: every request gets a JSON line naming the

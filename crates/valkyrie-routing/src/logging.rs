@@ -91,7 +91,7 @@ pub fn init(config: &LoggingConfig) -> Result<Option<LogFile>, String> {
             .flatten_event(true)
             .with_writer(io::stdout)
             .boxed(),
-        // Colour codes only for a terminal, not for a pipe or a file that
+        // Colour codes go only to a terminal, not to a pipe or a file that
         // a supervisor collects.
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(io::stdout().is_terminal())

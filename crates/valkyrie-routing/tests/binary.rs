@@ -409,7 +409,8 @@ async fn demo_routes_balances_and_fails_over() {
         "{seen:?}"
     );
 
-    // As the printed steps run: the requests follow the stop at once.
+    // The requests follow the stop at once, as when the printed steps are
+    // pasted together.
     let stopped = client
         .post(format!("http://127.0.0.1:{}/stop", ports[2]))
         .send()

@@ -22,8 +22,8 @@ pub(crate) struct Section {
     pub exactly_one: bool,
     /// Checks that involve several keys of the section.
     pub rule: Option<fn(&mut Validator<'_>, &TableAt<'_>)>,
-    /// How the section is written, for the hint when it is missing, of
-    /// the wrong type or without its choice.
+    /// Example of the section as written, shown as the hint when the
+    /// section is missing, has the wrong type or sets none of its choices.
     pub example: Option<&'static str>,
 }
 

@@ -16,8 +16,9 @@ impl Validator<'_> {
     ) {
         let near_here = nearest(name, section.key_names());
         if let (Some(example), None) = (section.example, near_here) {
-            // A choice such as `source = { url = .. }`: another section's
-            // key of that name is a coincidence, so show the choices.
+            // In a choice section such as `source`, a key of the same name
+            // in another section is a coincidence, so the hint shows the
+            // choices.
             let message = format!("unknown key `{name}` in {}", section.header());
             self.report(
                 at,
