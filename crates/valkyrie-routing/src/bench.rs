@@ -13,6 +13,11 @@
 //! same requests in groups through `RouteTable::route_batch`, resolving
 //! the keys of a group after prefetching them all, and reports its
 //! throughput as `batched_lookups_per_sec`.
+//!
+//! Before all that, a probe times dependent loads from a buffer larger
+//! than the CPU caches (`memory_latency_ns`). It bounds what one thread
+//! can reach one request at a time once the tables outgrow the caches,
+//! and so tells how far figures from other machines compare.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -55,6 +60,11 @@ const UPDATES: usize = 200_000;
 const CACHE_SIZE: usize = 100_000;
 /// Changes submitted at once to measure how soon a batch is visible.
 const VISIBILITY_BATCH: usize = 10_000;
+/// Size of the buffer that the memory latency probe reads: larger than
+/// the last-level cache of current server CPUs, per core complex.
+const PROBE_BYTES: usize = 128 << 20;
+/// Dependent loads timed by the memory latency probe.
+const PROBE_LOADS: usize = 1 << 20;
 
 /// Returns an error naming the first option whose value the bench cannot
 /// run with, and what to use instead.
@@ -207,12 +217,18 @@ struct Report {
     batch_visible_ms: f64,
     /// Hits per lookup of the route cache in the cached pass.
     cache_hit_rate: f64,
+    /// Nanoseconds per dependent load from a buffer larger than the
+    /// caches, from [`memory_latency_ns`].
+    memory_latency_ns: f64,
     baselines: Vec<(&'static str, Figures)>,
 }
 
 fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
     let duration = Duration::from_secs_f64(args.seconds.max(0.01));
     let mut rng = StdRng::seed_from_u64(args.routes as u64);
+    // Before the route set exists, so that its buffer is freed before the
+    // tables are allocated.
+    let memory_latency_ns = memory_latency_ns();
     let plan = Plan::new(args.routes);
     let entries_file = TempFile::write(&plan.entries_csv())?;
     let config = plan.config(&entries_file.path);
@@ -302,6 +318,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
         updates_per_sec,
         batch_visible_ms,
         cache_hit_rate,
+        memory_latency_ns,
         baselines,
     })
 }
@@ -767,6 +784,42 @@ where
     })
 }
 
+/// Returns the nanoseconds a load waits when the CPU caches miss and its
+/// address depends on the previous load, as in a lookup that follows a
+/// slot to its record: the mean over `PROBE_LOADS` loads that walk one
+/// random cycle through the cache lines of a `PROBE_BYTES` buffer. A
+/// lookup that waits for `n` such loads in a row takes at least `n` times
+/// this long, which bounds the lookups per second of one thread that
+/// routes one request at a time on tables larger than the caches.
+fn memory_latency_ns() -> f64 {
+    const WORDS_PER_LINE: usize = 64 / std::mem::size_of::<usize>();
+    let lines = PROBE_BYTES / 64;
+    // A generator of its own leaves the request mix the same as without
+    // the probe.
+    let mut rng = StdRng::seed_from_u64(PROBE_BYTES as u64);
+    // Sattolo's shuffle gives a permutation of one cycle through all lines,
+    // so the walk visits every line before it repeats any.
+    let mut order: Vec<usize> = (0..lines).collect();
+    for last in (1..lines).rev() {
+        let other = rng.gen_range(0..last);
+        order.swap(last, other);
+    }
+    // The first word of line `i` holds the word index of line `order[i]`.
+    let mut next = vec![0usize; lines * WORDS_PER_LINE];
+    for (line, &successor) in order.iter().enumerate() {
+        next[line * WORDS_PER_LINE] = successor * WORDS_PER_LINE;
+    }
+    drop(order);
+    let mut at = 0;
+    let started = Instant::now();
+    for _ in 0..PROBE_LOADS {
+        at = next[at];
+    }
+    let elapsed = started.elapsed();
+    black_box(at);
+    elapsed.as_nanos() as f64 / PROBE_LOADS as f64
+}
+
 /// Returns the median nanoseconds between two clock readings with nothing
 /// in between.
 fn clock_overhead_ns() -> u64 {
@@ -1078,6 +1131,13 @@ fn print_report(report: &Report, json: bool) {
     );
     let _ = writeln!(
         out,
+        "memory latency       {:>12.1} ns per dependent load from a {} MB buffer (one such load per lookup caps one thread at {:.0} /s)",
+        report.memory_latency_ns,
+        PROBE_BYTES >> 20,
+        1e9 / report.memory_latency_ns.max(0.1)
+    );
+    let _ = writeln!(
+        out,
         "memory               {:>12.1} bytes per route ({:.1} per config route, {:.1} per key-table entry)",
         engine.bytes_per_route, report.bytes_per_config_route, report.bytes_per_key_entry
     );
@@ -1139,6 +1199,7 @@ fn print_report(report: &Report, json: bool) {
         object["updates_per_sec"] = report.updates_per_sec.round().into();
         object["batch_10k_visible_ms"] = ((report.batch_visible_ms * 100.0).round() / 100.0).into();
         object["cache_hit_rate"] = ((report.cache_hit_rate * 1000.0).round() / 1000.0).into();
+        object["memory_latency_ns"] = ((report.memory_latency_ns * 10.0).round() / 10.0).into();
         object["latency_method"] =
             "per-lookup Instant readings minus the median empty reading".into();
         object["baselines"] = Value::Object(baselines);

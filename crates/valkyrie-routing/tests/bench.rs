@@ -46,6 +46,7 @@ fn bench_engine_prints_json() {
         "bytes_per_route",
         "updates_per_sec",
         "build_ms",
+        "memory_latency_ns",
     ] {
         let value = report[field].as_f64();
         assert!(value.is_some_and(|value| value > 0.0), "{field}: {report}");
