@@ -23,7 +23,8 @@
 # Requests go one after another on one keep-alive connection (curl), and the
 # load step is cut off after 300 s. Bands follow the 1-2-5 series: a p99 of
 # 130us prints as "100us-200us". Only the report goes to stdout; progress
-# and errors go to stderr. Exits 1 when the load could not run.
+# and errors go to stderr. Exits 1 when the load could not run, and after
+# the report when every request got a status other than 2xx.
 set -uo pipefail
 
 REQUESTS="${PERF_REQUESTS:-2000}"
@@ -275,4 +276,10 @@ if [[ -n "$ROUTER_P50" && -n "$ROUTER_P99" ]]; then
 else
   echo "router-added p50: unavailable (no metrics at ${HOST}:${METRICS_PORT})"
   echo "router-added p99: unavailable (no metrics at ${HOST}:${METRICS_PORT})"
+fi
+
+if ((ERRORS == COMPLETED)); then
+  STATUS=$(awk '{ print $1; exit }' "$WORK/results.txt")
+  echo "every request got a non-2xx status (the first: ${STATUS}); check that the router routes ${REQUEST_PATH} to a running upstream, or set PERF_PATH to a path that it routes" >&2
+  exit 1
 fi

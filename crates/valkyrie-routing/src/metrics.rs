@@ -498,7 +498,7 @@ pub fn render(control: &Control) -> String {
 }
 
 fn write_requests(text: &mut String, metrics: &Metrics) {
-    let _ = writeln!(text, "# HELP valkyrie_routing_requests Requests routed, by route; the sample without labels is the total.");
+    let _ = writeln!(text, "# HELP valkyrie_routing_requests Requests by matched route; the sample without labels counts every request, those that matched no route included.");
     let _ = writeln!(text, "# TYPE valkyrie_routing_requests counter");
     let routes = metrics.routes.load();
     let mut names: Vec<&Arc<str>> = routes.keys().collect();

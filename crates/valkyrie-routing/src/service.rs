@@ -170,7 +170,8 @@ impl Control {
     async fn reload_locked(&self) -> Result<(), String> {
         let Some(path) = &self.source else {
             return Err(
-                "the router runs on built-in defaults; start it with --config FILE to reload"
+                "the router runs without a config file (on built-in defaults, \
+                 or on the demo's embedded config); start it with --config FILE to reload"
                     .to_string(),
             );
         };

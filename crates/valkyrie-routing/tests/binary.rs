@@ -427,6 +427,18 @@ async fn demo_routes_balances_and_fails_over() {
         client.get(url("/nowhere")).send().await.unwrap().status(),
         404
     );
+
+    // The demo has no config file to reread, and the error names the cause.
+    let reload = client
+        .post(url("/admin/config/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 422);
+    let body: serde_json::Value = reload.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("demo's embedded config"), "{body}");
+    assert!(error.contains("--config FILE"), "{body}");
 }
 
 #[tokio::test]

@@ -375,3 +375,25 @@ async fn performance_test_report_is_banded() {
         "ports would break the weekly diff:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn performance_test_fails_on_all_errors() {
+    // Nothing listens on the upstream port, so every request gets 502, or
+    // 503 once the endpoint's breaker opens.
+    let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let router = start_router(closed).await;
+
+    let args = [
+        "127.0.0.1".to_string(),
+        router.port.to_string(),
+        router.metrics_port.to_string(),
+    ];
+    let output = run_script("performance-test.sh", &args, &[("PERF_REQUESTS", "20")]).await;
+    let text = stdout_of(&output);
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}\n{errors}");
+    assert_eq!(field(&text, "requests:"), "20");
+    assert_eq!(field(&text, "errors:"), "20");
+    assert!(errors.contains("the first: 50"), "{errors}");
+    assert!(errors.contains("set PERF_PATH"), "{errors}");
+}
