@@ -2,7 +2,9 @@
 //! small upstream servers on loopback, with curl commands to try.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,12 +21,24 @@ use tokio::net::TcpListener;
 use crate::cli::DemoArgs;
 use crate::service::{self, Running};
 
-/// Returns the demo's config text for the given ports.
-pub fn demo_config(port: u16, metrics_port: u16, upstream_ports: &[u16]) -> String {
+/// Entries of the demo's key table, in the entry file format.
+const DEMO_TENANTS: &str = "acme,alpha\nglobex,beta\n";
+
+/// Returns the demo's config text for the given ports, with its key table
+/// read from `tenants_file`.
+pub fn demo_config(
+    port: u16,
+    metrics_port: u16,
+    upstream_ports: &[u16],
+    tenants_file: &Path,
+) -> String {
     let (a, b) = (upstream_ports[0], upstream_ports[1]);
+    // Debug formatting quotes the path and escapes `"` and `\` as a TOML
+    // basic string does.
+    let tenants_file = format!("{:?}", tenants_file.display().to_string());
     format!(
-        r#"# The demo router: two upstreams on loopback, routed by path and host,
-# and balanced across both with failover.
+        r#"# The demo router: two upstreams on loopback, routed by path, host and
+# a key table, and balanced across both with failover.
 [server]
 listen = ["127.0.0.1:{port}"]
 
@@ -74,6 +88,17 @@ upstream = "beta"
 name = "balanced"
 path_prefix = "/lb/"
 upstream = "both"
+
+[[key_tables]]
+name = "tenants"
+key = {{ header = "x-tenant-id" }}
+source = {{ file = {tenants_file} }}
+default_upstream = "alpha"
+
+[[routes]]
+name = "by-tenant"
+path_prefix = "/tenants/"
+key_table = "tenants"
 "#
     )
 }
@@ -81,7 +106,21 @@ upstream = "both"
 /// Starts the two demo upstreams and the router, prints what to try, and
 /// serves until Ctrl-C.
 pub fn run(args: DemoArgs) -> ExitCode {
-    let text = demo_config(args.port, args.metrics_port, &args.upstream_ports);
+    // The router reads the entry file once at start, because the demo has
+    // no config file to reload, so the file is removed once it listens.
+    let tenants = match write_tenants_file() {
+        Ok(file) => file,
+        Err(error) => {
+            eprintln!("cannot write the demo's key-table file in the temporary folder: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = demo_config(
+        args.port,
+        args.metrics_port,
+        &args.upstream_ports,
+        tenants.path(),
+    );
     let config = match valkyrie_config::parse_str(&text, "<demo>") {
         Ok(config) => config,
         Err(errors) => {
@@ -91,6 +130,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
     };
     let upstream_ports = args.upstream_ports.clone();
     let on_ready = Box::new(move |running: &Running| {
+        drop(tenants);
         for (name, port) in [("alpha", upstream_ports[0]), ("beta", upstream_ports[1])] {
             let address = SocketAddr::from(([127, 0, 0, 1], port));
             match std::net::TcpListener::bind(address) {
@@ -107,6 +147,16 @@ pub fn run(args: DemoArgs) -> ExitCode {
         print_hints(running, &upstream_ports);
     });
     service::run(config, None, Some(on_ready))
+}
+
+fn write_tenants_file() -> std::io::Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new()
+        .prefix("valkyrie-demo-tenants-")
+        .suffix(".csv")
+        .tempfile()?;
+    file.write_all(DEMO_TENANTS.as_bytes())?;
+    file.flush()?;
+    Ok(file)
 }
 
 fn print_hints(running: &Running, upstream_ports: &[u16]) {
@@ -126,6 +176,13 @@ Valkyrie demo: the router listens on http://{router}, upstream "alpha" on
 
   # routing by host
   curl -s -H 'Host: beta.demo.test' http://{router}/anything
+
+  # routing by a key table: the x-tenant-id header picks the upstream
+  # (acme -> alpha, globex -> beta, unknown -> alpha by default)
+  curl -s -H 'x-tenant-id: globex' http://{router}/tenants/
+  # move acme to beta live, without a reload, then look it up
+  curl -s -X POST http://{router}/admin/keys -d '{{"table": "tenants", "upsert": {{"acme": "beta"}}}}'
+  curl -s -H 'x-tenant-id: acme' http://{router}/tenants/
 
   # load balancing across both (round robin)
   for i in 1 2 3 4; do curl -s http://{router}/lb/; done
@@ -252,9 +309,21 @@ mod tests {
 
     #[test]
     fn demo_config_is_valid() {
-        let text = demo_config(8080, 9090, &[9001, 9002]);
+        let text = demo_config(8080, 9090, &[9001, 9002], Path::new("/tmp/tenants.csv"));
         let config = valkyrie_config::parse_str(&text, "<demo>").unwrap();
-        assert_eq!(config.routes.len(), 4);
+        assert_eq!(config.routes.len(), 5);
         assert_eq!(config.upstreams.len(), 3);
+        assert_eq!(config.key_tables.len(), 1);
+    }
+
+    #[test]
+    fn demo_config_quotes_tenants_path() {
+        let path = Path::new("/tmp/a \"quoted\" \\ folder/tenants.csv");
+        let text = demo_config(8080, 9090, &[9001, 9002], path);
+        let config = valkyrie_config::parse_str(&text, "<demo>").unwrap();
+        assert_eq!(
+            config.key_tables[0].source,
+            valkyrie_config::TableSource::File(path.display().to_string())
+        );
     }
 }

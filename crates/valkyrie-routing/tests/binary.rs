@@ -392,6 +392,27 @@ async fn demo_routes_balances_and_fails_over() {
         .unwrap();
     assert_eq!(upstream_of(beta), "beta");
 
+    // The key table routes by the x-tenant-id header, and an admin batch
+    // moves a tenant without a reload.
+    let tenant_upstream = |tenant: &'static str| {
+        let request = client.get(url("/tenants/")).header("x-tenant-id", tenant);
+        async move {
+            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            upstream_of(body)
+        }
+    };
+    assert_eq!(tenant_upstream("globex").await, "beta");
+    assert_eq!(tenant_upstream("acme").await, "alpha");
+    assert_eq!(tenant_upstream("initech").await, "alpha");
+    let moved = client
+        .post(url("/admin/keys"))
+        .body(r#"{"table": "tenants", "upsert": {"acme": "beta"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+    assert_eq!(tenant_upstream("acme").await, "beta");
+
     let mut seen = Vec::new();
     for _ in 0..4 {
         let body: serde_json::Value = client
