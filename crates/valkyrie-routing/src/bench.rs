@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use http::{HeaderMap, Method};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -43,7 +44,7 @@ use valkyrie_router::cache::RouteCache;
 use valkyrie_router::keys::{KeyTable, KeyTarget, Resolution, UpstreamNames};
 use valkyrie_router::{RequestInfo, RouteTable, RouteTarget, Routed, ROUTE_BATCH};
 
-use crate::cli::EngineBenchArgs;
+use crate::cli::{EngineBenchArgs, RequestKind};
 
 /// Upstreams in the generated config, two endpoints each.
 const UPSTREAMS: usize = 8;
@@ -208,6 +209,8 @@ struct Report {
     key_entries: usize,
     threads: usize,
     skew: f64,
+    /// The kind of the requests routed, or the mix of all kinds.
+    requests: RequestKind,
     engine: Figures,
     lookups_per_sec_per_thread: f64,
     /// Lookups per second of all threads through `route_batch`.
@@ -248,7 +251,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(entries_file);
 
-    let requests = Requests::new(&plan.requests(&mut rng, args.skew));
+    let requests = Requests::new(&plan.requests(&mut rng, args.skew, args.requests));
     let headers = HeaderMap::new();
     let uncached = |span: &Span, tally: &mut FitTally| {
         engine_lookup(&routes, &tables, None, &requests.get(span), &headers, tally)
@@ -311,6 +314,7 @@ fn measure(args: &EngineBenchArgs) -> Result<Report, String> {
         key_entries: plan.key_entries,
         threads: args.threads,
         skew: args.skew,
+        requests: args.requests,
         engine,
         lookups_per_sec_per_thread,
         batched_lookups_per_sec,
@@ -584,15 +588,26 @@ impl Plan {
     ///
     /// With `skew` above 0, hosts, zones and keys follow a Zipf law of that
     /// exponent over a random order, so the popular ones are spread over
-    /// the tables as they would be in traffic.
-    fn requests(&self, rng: &mut StdRng, skew: f64) -> Vec<BenchRequest> {
+    /// the tables as they would be in traffic. An `only` other than
+    /// [`RequestKind::Mix`] makes every request of that kind.
+    fn requests(&self, rng: &mut StdRng, skew: f64, only: RequestKind) -> Vec<BenchRequest> {
         let count = (self.config_routes + self.key_entries).clamp(4096, MAX_REQUESTS);
         let hosts = Picker::new(self.hosts, skew, rng);
         let zones = Picker::new(self.wildcards, skew, rng);
         let keys = Picker::new(self.key_entries.max(1), skew, rng);
         (0..count)
             .map(|_| {
-                let kind = rng.gen_range(0..100);
+                // Drawn in every case, so that the requests of the mix are
+                // the same as in runs made before `--requests` existed.
+                let mut kind = rng.gen_range(0..100);
+                kind = match only {
+                    RequestKind::Mix => kind,
+                    RequestKind::Prefix => 0,
+                    RequestKind::ExactPath => 50,
+                    RequestKind::Wildcard => 60,
+                    RequestKind::Key => 70,
+                    RequestKind::UnknownHost => 95,
+                };
                 match kind {
                     0..=49 => BenchRequest {
                         host: host_name(hosts.pick(rng)),
@@ -1138,13 +1153,25 @@ impl Drop for TempFile {
     }
 }
 
+/// Returns the name that `--requests` takes for `kind`.
+fn request_kind_name(kind: RequestKind) -> String {
+    kind.to_possible_value()
+        .map(|value| value.get_name().to_string())
+        .unwrap_or_default()
+}
+
 fn print_report(report: &Report, json: bool) {
     let engine = &report.engine;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "routes {} ({} config routes, {} key-table entries), threads {}, skew {}",
-        report.routes, report.config_routes, report.key_entries, report.threads, report.skew
+        "routes {} ({} config routes, {} key-table entries), threads {}, skew {}, requests {}",
+        report.routes,
+        report.config_routes,
+        report.key_entries,
+        report.threads,
+        report.skew,
+        request_kind_name(report.requests)
     );
     let _ = writeln!(out, "snapshot build        {:>12.1} ms", report.build_ms);
     let _ = writeln!(
@@ -1222,6 +1249,7 @@ fn print_report(report: &Report, json: bool) {
         object["key_entries"] = report.key_entries.into();
         object["threads"] = report.threads.into();
         object["skew"] = report.skew.into();
+        object["requests"] = request_kind_name(report.requests).into();
         object["lookups_per_sec_per_thread"] = report.lookups_per_sec_per_thread.round().into();
         object["batched_lookups_per_sec"] = report.batched_lookups_per_sec.round().into();
         object["route_batch"] = ROUTE_BATCH.into();
@@ -1256,7 +1284,7 @@ mod tests {
         let tables =
             valkyrie_proxy::keys::load_tables(&config, None, None, &counters).expect("key tables");
         let mut rng = StdRng::seed_from_u64(7);
-        let requests = Requests::new(&plan.requests(&mut rng, skew));
+        let requests = Requests::new(&plan.requests(&mut rng, skew, RequestKind::Mix));
         let headers = HeaderMap::new();
         let mut tally = FitTally::default();
 
@@ -1296,6 +1324,62 @@ mod tests {
         assert!(scratch.hashed.is_empty(), "keys left after draining");
         assert!(scratch.loading.is_empty(), "keys left after draining");
         (one_by_one, batched)
+    }
+
+    /// Returns the kind of a generated request, by the shape of its host
+    /// and path.
+    fn kind_of(request: &BenchRequest) -> RequestKind {
+        if request.host == "tenants.example.com" {
+            RequestKind::Key
+        } else if request.host.starts_with("nowhere") {
+            RequestKind::UnknownHost
+        } else if request.host.starts_with("shop") {
+            RequestKind::Wildcard
+        } else if request.path == "/health" {
+            RequestKind::ExactPath
+        } else {
+            assert!(request.path.starts_with("/api/v"), "{}", request.path);
+            RequestKind::Prefix
+        }
+    }
+
+    #[test]
+    fn requests_of_one_kind() {
+        let plan = Plan::new(2_000);
+        for only in [
+            RequestKind::Prefix,
+            RequestKind::ExactPath,
+            RequestKind::Wildcard,
+            RequestKind::Key,
+            RequestKind::UnknownHost,
+        ] {
+            let mut rng = StdRng::seed_from_u64(7);
+            let requests = plan.requests(&mut rng, 0.0, only);
+            assert!(!requests.is_empty());
+            for request in &requests {
+                assert_eq!(kind_of(request), only, "{}{}", request.host, request.path);
+            }
+        }
+    }
+
+    #[test]
+    fn request_mix_has_every_kind() {
+        let plan = Plan::new(2_000);
+        let mut rng = StdRng::seed_from_u64(7);
+        let requests = plan.requests(&mut rng, 0.0, RequestKind::Mix);
+        let count = |kind| requests.iter().filter(|r| kind_of(r) == kind).count();
+        let total = requests.len() as f64;
+        // The shares of the mix, within a few points for 4,096 requests.
+        for (kind, share) in [
+            (RequestKind::Prefix, 0.50),
+            (RequestKind::ExactPath, 0.10),
+            (RequestKind::Wildcard, 0.10),
+            (RequestKind::Key, 0.25),
+            (RequestKind::UnknownHost, 0.05),
+        ] {
+            let measured = count(kind) as f64 / total;
+            assert!((measured - share).abs() < 0.03, "{kind:?}: {measured}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Valkyrie: an L7 router for HTTP/1.1 and HTTP/2 traffic.
 #[derive(Debug, Parser)]
@@ -113,6 +113,27 @@ pub struct EngineBenchArgs {
     /// about k times rarer than the most requested one.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub skew: f64,
+    /// Requests that the engine routes: the mix of every kind, or one kind
+    /// alone. The baselines keep their own requests.
+    #[arg(long, value_enum, default_value_t = RequestKind::Mix)]
+    pub requests: RequestKind,
+}
+
+/// A kind of request in the `bench engine` mix, with its share of the mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RequestKind {
+    /// All kinds, in the shares below.
+    Mix,
+    /// Exact host and path prefix, 50%.
+    Prefix,
+    /// Exact host and exact path, 10%.
+    ExactPath,
+    /// Wildcard host, 10%.
+    Wildcard,
+    /// Key-table key, 2% of them unknown, 25%.
+    Key,
+    /// Unknown host that reaches the catch-all, 5%.
+    UnknownHost,
 }
 
 #[derive(Debug, Args)]

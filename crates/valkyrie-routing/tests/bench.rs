@@ -38,6 +38,7 @@ fn bench_engine_prints_json() {
     assert!((1000..1010).contains(&routes), "{report}");
     assert_eq!(report["threads"], 2);
     assert_eq!(report["skew"], 1.0);
+    assert_eq!(report["requests"], "mix");
     for field in [
         "lookups_per_sec",
         "p50_ns",
@@ -125,4 +126,37 @@ fn bench_engine_rejects_large_skew() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--skew 9 is out of range"));
+}
+
+#[test]
+fn bench_engine_routes_one_kind() {
+    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
+        .args(["bench", "engine", "--routes", "1000", "--seconds", "0.02"])
+        .args(["--requests", "unknown-host", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["requests"], "unknown-host");
+    assert!(
+        report["lookups_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
+
+#[test]
+fn bench_engine_rejects_unknown_kind() {
+    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
+        .args(["bench", "engine", "--routes", "1000", "--requests", "keys"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("invalid value 'keys'"), "{stderr}");
+    assert!(
+        stderr.contains("possible values: mix, prefix, exact-path, wildcard, key, unknown-host"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("similar value exists: 'key'"), "{stderr}");
 }
