@@ -33,9 +33,8 @@ pub fn demo_config(
     tenants_file: &Path,
 ) -> String {
     let (a, b) = (upstream_ports[0], upstream_ports[1]);
-    // Debug formatting quotes the path and escapes `"` and `\` as a TOML
-    // basic string does.
-    let tenants_file = format!("{:?}", tenants_file.display().to_string());
+    // A TOML string with whatever quoting and escapes the path needs.
+    let tenants_file = toml_edit::Value::from(tenants_file.display().to_string()).to_string();
     format!(
         r#"# The demo router: two upstreams on loopback, routed by path, host and
 # a key table, and balanced across both with failover.
@@ -111,7 +110,10 @@ pub fn run(args: DemoArgs) -> ExitCode {
     let tenants = match write_tenants_file() {
         Ok(file) => file,
         Err(error) => {
-            eprintln!("cannot write the demo's key-table file in the temporary folder: {error}");
+            eprintln!(
+                "failed to write the demo's key-table file in the temporary folder: {error}; \
+                 set TMPDIR to a writable folder"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -318,7 +320,7 @@ mod tests {
 
     #[test]
     fn demo_config_quotes_tenants_path() {
-        let path = Path::new("/tmp/a \"quoted\" \\ folder/tenants.csv");
+        let path = Path::new("/tmp/a \"quoted\" \\ folder\twith 'tab' and \u{1}/tenants.csv");
         let text = demo_config(8080, 9090, &[9001, 9002], path);
         let config = valkyrie_config::parse_str(&text, "<demo>").unwrap();
         assert_eq!(
