@@ -1,28 +1,32 @@
 //! `valkyrie-routing bench engine` runs on a small route set and prints its
 //! figures as one JSON object on the last line.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// Runs `valkyrie-routing bench engine` with `args` and returns its output.
+fn bench_engine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
+        .args(["bench", "engine"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bench_engine_prints_json() {
-    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
-        .args([
-            "bench",
-            "engine",
-            "--routes",
-            "1000",
-            "--threads",
-            "2",
-            "--seconds",
-            "0.02",
-            "--skew",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let output = bench_engine(&[
+        "--routes",
+        "1000",
+        "--threads",
+        "2",
+        "--seconds",
+        "0.02",
+        "--skew",
+        "1",
+        "--json",
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -86,10 +90,7 @@ fn bench_engine_prints_json() {
 
 #[test]
 fn bench_engine_rejects_tiny_route_sets() {
-    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
-        .args(["bench", "engine", "--routes", "10"])
-        .output()
-        .unwrap();
+    let output = bench_engine(&["--routes", "10"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr)
         .contains("--routes 10 is too small: use at least 100"));
@@ -107,11 +108,7 @@ fn bench_engine_rejects_invalid_values() {
         (&["--skew", "-1"], "--skew -1 is out of range"),
     ];
     for (args, expected) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
-            .args(["bench", "engine", "--routes", "1000"])
-            .args(args)
-            .output()
-            .unwrap();
+        let output = bench_engine(&[&["--routes", "1000"], args].concat());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
@@ -120,21 +117,22 @@ fn bench_engine_rejects_invalid_values() {
 
 #[test]
 fn bench_engine_rejects_large_skew() {
-    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
-        .args(["bench", "engine", "--routes", "1000", "--skew", "9"])
-        .output()
-        .unwrap();
+    let output = bench_engine(&["--routes", "1000", "--skew", "9"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--skew 9 is out of range"));
 }
 
 #[test]
 fn bench_engine_routes_one_kind() {
-    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
-        .args(["bench", "engine", "--routes", "1000", "--seconds", "0.02"])
-        .args(["--requests", "unknown-host", "--json"])
-        .output()
-        .unwrap();
+    let output = bench_engine(&[
+        "--routes",
+        "1000",
+        "--seconds",
+        "0.02",
+        "--requests",
+        "unknown-host",
+        "--json",
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -147,10 +145,7 @@ fn bench_engine_routes_one_kind() {
 
 #[test]
 fn bench_engine_rejects_unknown_kind() {
-    let output = Command::new(env!("CARGO_BIN_EXE_valkyrie-routing"))
-        .args(["bench", "engine", "--routes", "1000", "--requests", "keys"])
-        .output()
-        .unwrap();
+    let output = bench_engine(&["--routes", "1000", "--requests", "keys"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("invalid value 'keys'"), "{stderr}");
