@@ -18,7 +18,8 @@
 //! Before all that, a probe times dependent loads from a buffer larger
 //! than the CPU caches (`memory_latency_ns`). It bounds what one thread
 //! can reach one request at a time once the tables outgrow the caches,
-//! and so tells how far figures from other machines compare.
+//! as long as consecutive lookups do not overlap, and it makes figures
+//! from other machines comparable.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -387,9 +388,9 @@ struct BatchScratch<'a> {
 }
 
 /// Routes a group of requests with `route_batch` and moves the keys of
-/// key-table routes through a three-step pipeline, one step per group:
-/// the keys of this group are hashed and their table places requested,
-/// the entries of the previous group's keys are requested, and the keys
+/// key-table routes through a three-step pipeline, one step per group.
+/// The keys of this group are hashed and their table places requested.
+/// The entries of the previous group's keys are requested, and the keys
 /// of the group before that are resolved. So each cache miss has the time
 /// of a whole group to arrive, where resolving a group's own keys right
 /// after requesting them would wait for the slowest. Returns a sum of the
@@ -597,8 +598,8 @@ impl Plan {
         let keys = Picker::new(self.key_entries.max(1), skew, rng);
         (0..count)
             .map(|_| {
-                // Drawn in every case, so that the requests of the mix are
-                // the same as in runs made before `--requests` existed.
+                // Drawn in every case, so that the mix is the same as before
+                // `--requests` was added and its figures compare with older runs.
                 let mut kind = rng.gen_range(0..100);
                 kind = match only {
                     RequestKind::Mix => kind,
@@ -834,11 +835,12 @@ where
 
 /// Returns the nanoseconds a load waits when the CPU caches miss and its
 /// address depends on the previous load, as in a lookup that follows a
-/// slot to its record: the mean over `PROBE_LOADS` loads that walk one
-/// random cycle through the cache lines of a `PROBE_BYTES` buffer. A
-/// lookup that waits for `n` such loads in a row takes at least `n` times
-/// this long, which bounds the lookups per second of one thread that
-/// routes one request at a time on tables larger than the caches.
+/// slot to its record. The figure is the mean over `PROBE_LOADS` loads
+/// that walk one random cycle through the cache lines of a `PROBE_BYTES`
+/// buffer. A lookup that waits for `n` such loads in a row takes at least
+/// `n` times this long. Unless consecutive lookups overlap in the CPU,
+/// that bounds the lookups per second of one thread on tables larger
+/// than the caches.
 fn memory_latency_ns() -> f64 {
     const WORDS_PER_LINE: usize = 64 / std::mem::size_of::<usize>();
     let lines = PROBE_BYTES / 64;
@@ -852,7 +854,7 @@ fn memory_latency_ns() -> f64 {
         let other = rng.gen_range(0..last);
         order.swap(last, other);
     }
-    // The first word of line `i` holds the word index of line `order[i]`.
+    // The first word of line `i` contains the word index of line `order[i]`.
     let mut next = vec![0usize; lines * WORDS_PER_LINE];
     for (line, &successor) in order.iter().enumerate() {
         next[line * WORDS_PER_LINE] = successor * WORDS_PER_LINE;

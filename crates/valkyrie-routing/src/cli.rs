@@ -130,7 +130,7 @@ pub enum RequestKind {
     ExactPath,
     /// Wildcard host, 10%.
     Wildcard,
-    /// Key-table key, 2% of them unknown, 25%.
+    /// Key-table key, 25% (2% of these keys are unknown).
     Key,
     /// Unknown host that reaches the catch-all, 5%.
     UnknownHost,
