@@ -86,13 +86,18 @@ impl Drop for Router {
     }
 }
 
+/// Starts a router in front of `upstream` on free ports. Another test can
+/// take a port between `free_port` and the router's bind, so a router that
+/// exits before it listens is started again on new ports, up to 3 times.
 async fn start_router(upstream: SocketAddr) -> Router {
-    let (port, metrics_port) = (free_port(), free_port());
-    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(
-        config.path(),
-        format!(
-            r#"
+    let mut last_error = String::new();
+    for _ in 0..3 {
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(
+            config.path(),
+            format!(
+                r#"
 [server]
 listen = ["127.0.0.1:{port}"]
 
@@ -112,38 +117,45 @@ name = "origin"
 path_prefix = "/"
 upstream = "origin"
 "#
-        ),
-    )
-    .unwrap();
-    let child = Command::new(binary())
-        .args(["--config", config.path().to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+            ),
+        )
         .unwrap();
-    let router = Router {
-        child,
-        _config: config,
-        port,
-        metrics_port,
-    };
-    wait_until_listening(router.port).await;
-    wait_until_listening(router.metrics_port).await;
-    router
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(binary())
+            .args(["--config", config.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let mut router = Router {
+            child,
+            _config: config,
+            port,
+            metrics_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if is_listening(port).await && is_listening(metrics_port).await {
+                return router;
+            }
+            if router.child.try_wait().unwrap().is_some() {
+                last_error = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the router on 127.0.0.1:{port} did not listen within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("the router exited before it listened, 3 times; last error:\n{last_error}");
 }
 
-async fn wait_until_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+async fn is_listening(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on 127.0.0.1:{port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .is_ok()
 }
 
 /// Starts an upstream that responds "ok" to every request.
